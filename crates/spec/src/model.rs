@@ -1,0 +1,196 @@
+//! The resolved system: what one environment runs once overlays are applied and defaults
+//! filled in. Every field is concrete (no "inherit" left), so the server, the diff and the
+//! content hash all see the same thing. The JSON/TOML form of these types is what `render`
+//! prints and what a revision stores.
+
+use crate::units::{ByteSize, Cpu, Dur};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The environment a file without `--env` resolves to.
+pub const DEFAULT_ENV: &str = "dev";
+/// The server's HTTP listener when the file names none (the next free port is taken when busy).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7300";
+
+/// One environment's fully resolved system.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct System {
+    /// `[system] name`; defaults to the name of the folder holding the file.
+    pub name: String,
+    /// The environment this was resolved for (`dev` when no `--env`).
+    pub env: String,
+    /// Where this environment's server listens and, for remote environments, where it is.
+    pub server: ServerSettings,
+    /// Services by name, in name order.
+    #[serde(default)]
+    pub service: BTreeMap<String, Service>,
+    /// Inline alert rules (`[[alert]]`); evaluated by the alerting issue's engine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert: Vec<AlertRule>,
+    /// Prometheus rule files, as written (relative to the system file's folder).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule_files: Vec<String>,
+}
+
+/// `[server]`: the environment's server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// HTTP listener, `host:port`. `None` means [`DEFAULT_LISTEN`] or the next free port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// URL of a remote server for this environment (`server = "https://..."` in an overlay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// `[service.NAME]`: one program tandem runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Command line, split like a shell would (no pipes or `&&`); `${PORT}` and `${VAR}`
+    /// are interpolated from the instance's environment at launch.
+    pub run: String,
+    /// Working folder, absolute once resolved (relative paths are against the file's folder).
+    pub cwd: String,
+    /// Extra environment variables for every instance.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The public port tandem serves for this service (instances get their own `PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Health check; without one an instance counts as healthy once it has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Services that must be healthy before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// Resource limits, enforced through cgroups where available.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Number of instances.
+    pub replicas: u32,
+    /// How instances are stopped.
+    pub stop: Stop,
+    /// When an exited instance is started again.
+    pub restart: RestartPolicy,
+    /// Path of the app's own Prometheus metrics, scraped by the monitoring issue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
+    /// How a new revision of this service is rolled out (deploy issue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Release>,
+}
+
+/// `health = { http = "/healthz" }`, `{ tcp = true }` or `{ exec = "pg_isready" }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    #[serde(flatten)]
+    pub check: HealthCheck,
+    /// Time between checks. Default 1s.
+    pub interval: Dur,
+    /// Time one check may take. Default 1s.
+    pub timeout: Dur,
+    /// After a start, failures during this long do not count. Default 5s.
+    pub grace: Dur,
+    /// Consecutive failures (after the grace) that make an instance unhealthy. Default 3.
+    pub failures: u32,
+}
+
+/// What a health check does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheck {
+    /// HTTP GET of this path on the instance's port; any 2xx or 3xx passes.
+    Http(String),
+    /// A TCP connect to the instance's port succeeds (`tcp = true`).
+    Tcp(bool),
+    /// This command line exits 0 (run with the instance's environment).
+    Exec(String),
+}
+
+/// `limits = { memory = "256MiB", cpu = 0.5, pids = 100 }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+/// `stop = { signal = "SIGTERM", grace = "10s" }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stop {
+    /// Signal name sent to the instance's process group first. Default "SIGTERM".
+    pub signal: String,
+    /// Time allowed to exit before SIGKILL. Default 10s.
+    pub grace: Dur,
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Stop {
+            signal: "SIGTERM".into(),
+            grace: Dur::from_secs(10),
+        }
+    }
+}
+
+/// `restart = "always" | "on-failure" | "never"`. Default "always".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// `release = { strategy = "canary", ... }`: validated now, used by the deploy issue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "strategy", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Release {
+    /// Stop the old instances, then start the new ones (singletons such as databases).
+    Recreate,
+    /// Start the new revision beside the old, switch all traffic at once, keep the old warm.
+    BlueGreen {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep_warm: Option<Dur>,
+    },
+    /// Shift traffic in steps, judging the new revision at each.
+    Canary {
+        /// Percentages of traffic, increasing, ending at 100.
+        steps: Vec<u8>,
+        step_time: Dur,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_error_rate: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_p99: Option<Dur>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_requests: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep_warm: Option<Dur>,
+    },
+}
+
+/// `[[alert]]`: one inline alerting rule in Prometheus's terms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    pub name: String,
+    pub expr: String,
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub for_: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_firing_for: Option<Dur>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
