@@ -1,1 +1,13 @@
-//! placeholder
+//! Types that cross a boundary: the server's HTTP API (requests and responses the CLI, the
+//! dashboard and scripts share) and the events lower crates report through [`EventSink`].
+//!
+//! Nothing here does I/O; it is serde types only, so every side of the API can depend on it
+//! without pulling in a runtime.
+
+pub mod event;
+pub mod revision;
+pub mod status;
+
+pub use event::*;
+pub use revision::*;
+pub use status::*;

@@ -1,0 +1,108 @@
+//! Timeline events and the sink through which the supervisor, the proxy and the engine
+//! report what happens without knowing who stores it (the server implements the sink).
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of thing happened; one variant per line type of the timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    ServerStarted,
+    ServerStopped,
+    ApplyStarted,
+    RevisionApplied,
+    ApplyFailed,
+    InstanceStarted,
+    InstanceHealthy,
+    InstanceUnhealthy,
+    InstanceExited,
+    InstanceCrashed,
+    InstanceOomKilled,
+    InstanceRestarting,
+    CrashLoop,
+    InstanceStopped,
+    InstanceReattached,
+    LimitsUnavailable,
+    Note,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ServerStarted => "server-started",
+            EventKind::ServerStopped => "server-stopped",
+            EventKind::ApplyStarted => "apply-started",
+            EventKind::RevisionApplied => "revision-applied",
+            EventKind::ApplyFailed => "apply-failed",
+            EventKind::InstanceStarted => "instance-started",
+            EventKind::InstanceHealthy => "instance-healthy",
+            EventKind::InstanceUnhealthy => "instance-unhealthy",
+            EventKind::InstanceExited => "instance-exited",
+            EventKind::InstanceCrashed => "instance-crashed",
+            EventKind::InstanceOomKilled => "instance-oom-killed",
+            EventKind::InstanceRestarting => "instance-restarting",
+            EventKind::CrashLoop => "crash-loop",
+            EventKind::InstanceStopped => "instance-stopped",
+            EventKind::InstanceReattached => "instance-reattached",
+            EventKind::LimitsUnavailable => "limits-unavailable",
+            EventKind::Note => "note",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EventKind> {
+        ALL_EVENT_KINDS.iter().copied().find(|k| k.as_str() == text)
+    }
+}
+
+pub const ALL_EVENT_KINDS: &[EventKind] = &[
+    EventKind::ServerStarted,
+    EventKind::ServerStopped,
+    EventKind::ApplyStarted,
+    EventKind::RevisionApplied,
+    EventKind::ApplyFailed,
+    EventKind::InstanceStarted,
+    EventKind::InstanceHealthy,
+    EventKind::InstanceUnhealthy,
+    EventKind::InstanceExited,
+    EventKind::InstanceCrashed,
+    EventKind::InstanceOomKilled,
+    EventKind::InstanceRestarting,
+    EventKind::CrashLoop,
+    EventKind::InstanceStopped,
+    EventKind::InstanceReattached,
+    EventKind::LimitsUnavailable,
+    EventKind::Note,
+];
+
+/// One line of the timeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    pub env: String,
+    pub kind: EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// Who caused it (a user for applies and notes; absent for runtime events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<String>,
+    /// One human sentence.
+    pub message: String,
+}
+
+/// Where lower crates report events. The server implements it (store, log, metrics).
+pub trait EventSink: Send + Sync {
+    fn emit(&self, event: Event);
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
