@@ -4,10 +4,12 @@
 //! Nothing here does I/O; it is serde types only, so every side of the API can depend on it
 //! without pulling in a runtime.
 
+pub mod apply;
 pub mod event;
 pub mod revision;
 pub mod status;
 
+pub use apply::*;
 pub use event::*;
 pub use revision::*;
 pub use status::*;
