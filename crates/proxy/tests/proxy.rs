@@ -307,3 +307,42 @@ async fn a_large_transfer_arrives_intact_with_half_close() {
     assert!(received == sent, "the echoed bytes differ");
     wait_until("the connection to close", || proxy.stats("api").active == 0).await;
 }
+
+#[tokio::test]
+async fn a_connection_without_a_reachable_backend_is_closed_after_a_short_hold() {
+    let proxy = Proxy::new();
+    let addr = proxy.listen("api", any_port()).await.unwrap();
+    proxy.set_backends("api", vec![dead_addr()]);
+
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut buffer = Vec::new();
+    let read = within("the proxy to close", stream.read_to_end(&mut buffer)).await;
+    assert!(read.is_ok_and(|n| n == 0), "expected a clean close");
+    assert!(started.elapsed() < Duration::from_secs(6), "held too long");
+    wait_until("the connection to stop counting as active", || {
+        proxy.stats("api").active == 0
+    })
+    .await;
+    let stats = proxy.stats("api");
+    assert_eq!((stats.accepted, stats.unserved), (1, 1));
+    assert_eq!(stats.connect_failures, 1, "each backend is tried once");
+}
+
+#[tokio::test]
+async fn dropping_the_proxy_closes_its_ports() {
+    let proxy = Proxy::new();
+    let addr = proxy.listen("api", any_port()).await.unwrap();
+    let clone = proxy.clone();
+    drop(proxy);
+    assert_eq!(clone.listening(), [("api".to_string(), addr)]);
+    drop(clone);
+    let deadline = Instant::now() + DEADLINE;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the port still accepts after the drop"
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+}

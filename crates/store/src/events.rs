@@ -38,7 +38,6 @@ impl EventFilter {
 impl Store {
     /// Appends `event` to the timeline.
     pub fn add_event(&self, event: &Event) -> Result<(), StoreError> {
-        let revision = event.revision.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
         self.write(|conn| {
             conn.prepare_cached(
                 "INSERT INTO events (time_ms, env, kind, service, instance, revision, who, message) \
@@ -51,7 +50,7 @@ impl Store {
                     event.kind.as_str(),
                     event.service,
                     event.instance,
-                    revision,
+                    event.revision,
                     event.who,
                     event.message,
                 ])
@@ -100,7 +99,7 @@ impl Store {
                         kind: kind_column(row, 2)?,
                         service: row.get(3)?,
                         instance: row.get(4)?,
-                        revision: row.get::<_, Option<i64>>(5)?.map(i64::unsigned_abs),
+                        revision: row.get(5)?,
                         who: row.get(6)?,
                         message: row.get(7)?,
                     })

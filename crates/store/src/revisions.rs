@@ -31,7 +31,7 @@ impl Store {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| self.sqlite_error(e))?;
-            let number: i64 = tx
+            let number: u64 = tx
                 .query_row(
                     "SELECT COALESCE(MAX(number), 0) + 1 FROM revisions WHERE env = ?1",
                     [env],
@@ -58,7 +58,7 @@ impl Store {
             .map_err(|e| self.sqlite_error(e))?;
             tx.commit().map_err(|e| self.sqlite_error(e))?;
             Ok(Revision {
-                number: number.unsigned_abs(),
+                number,
                 env: env.to_string(),
                 hash: hash.to_string(),
                 status: RevisionStatus::Applying,
@@ -191,11 +191,10 @@ impl Store {
                     .map_err(|e| self.sqlite_error(e))?;
                 let rows = statement
                     .query_map(params![env, INTERRUPTED_REASON, now_ms()], |row| {
-                        row.get::<_, i64>(0)
+                        row.get::<_, u64>(0)
                     })
                     .map_err(|e| self.sqlite_error(e))?;
-                rows.map(|row| row.map(i64::unsigned_abs))
-                    .collect::<Result<Vec<u64>, _>>()
+                rows.collect::<rusqlite::Result<Vec<u64>>>()
                     .map_err(|e| self.sqlite_error(e))?
             };
             tx.commit().map_err(|e| self.sqlite_error(e))?;
@@ -249,7 +248,7 @@ impl Store {
     /// Reads the [`SUMMARY_COLUMNS`] of `row`.
     fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<RevisionSummary> {
         Ok(RevisionSummary {
-            number: row.get::<_, i64>(0)?.unsigned_abs(),
+            number: row.get(0)?,
             env: row.get(1)?,
             hash: row.get(2)?,
             status: status_column(row, 3)?,
