@@ -19,7 +19,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// to publish a new set before it is closed. This covers the gap of a recreate (old
 /// instances stopped, new ones not yet registered) without making clients of a dead service
 /// hang for long.
-pub(crate) const NO_BACKEND_HOLD: Duration = Duration::from_secs(3);
+const NO_BACKEND_HOLD: Duration = Duration::from_secs(3);
 /// Pause after an accept error such as running out of file descriptors, so the loop does
 /// not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
