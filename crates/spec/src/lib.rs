@@ -6,8 +6,35 @@
 //! revision, and the typed diff between two resolved systems. It has no runtime: no tokio,
 //! no I/O beyond reading the file and the rule files it names, so every command that works
 //! offline (`validate`, `render`, `graph`, `init`) and the server share one definition.
+//! The file format is documented in `docs/system-file.md`.
 
+mod alert;
+mod check;
+mod diagnostic;
+mod diff;
+mod graph;
+mod interpolate;
 pub mod model;
+mod node;
+mod render;
+mod resolve;
+mod rule_file;
+mod service;
+mod starter;
 pub mod units;
 
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use diff::{Change, changed_services, content_hash, diff};
+pub use graph::{dependents, graph_dot, graph_text, start_order};
+pub use interpolate::{interpolate, is_variable_name};
 pub use model::*;
+pub use render::{render_json, render_toml};
+pub use resolve::{environments, load, resolve, validate_all};
+pub use starter::STARTER_FILE;
+
+/// The variables a dependent receives for a dependency named `service`:
+/// (`<NAME>_URL`, `<NAME>_ADDR`), where `<NAME>` is the name upper-cased with `-` as `_`.
+pub fn dependency_variables(service: &str) -> (String, String) {
+    let stem = resolve::variable_stem(service);
+    (format!("{stem}_URL"), format!("{stem}_ADDR"))
+}

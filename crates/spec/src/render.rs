@@ -1,0 +1,58 @@
+//! Printing a resolved system: as JSON (what revisions store) and as a system file.
+//!
+//! The TOML form is a valid `tandem.toml` with every default written out and no overlays:
+//! resolving it again for the same environment gives an equal [`System`]. For an
+//! environment other than `dev` it carries an empty `[env.NAME]` table so that environment
+//! exists when the output is resolved again.
+
+use crate::model::{AlertRule, DEFAULT_ENV, ServerSettings, Service, System};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Serialize)]
+struct FileForm<'a> {
+    system: SystemSection<'a>,
+    server: &'a ServerSettings,
+    service: &'a BTreeMap<String, Service>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    alert: &'a [AlertRule],
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    env: BTreeMap<&'a str, BTreeMap<String, String>>,
+}
+
+#[derive(Serialize)]
+struct SystemSection<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    rule_files: &'a [String],
+}
+
+/// The system as a `tandem.toml` with every default written out.
+pub fn render_toml(system: &System) -> String {
+    let mut env = BTreeMap::new();
+    if system.env != DEFAULT_ENV {
+        env.insert(system.env.as_str(), BTreeMap::new());
+    }
+    let form = FileForm {
+        system: SystemSection {
+            name: &system.name,
+            rule_files: &system.rule_files,
+        },
+        server: &system.server,
+        service: &system.service,
+        alert: &system.alert,
+        env,
+    };
+    let body = toml::to_string(&form).unwrap_or_else(|error| format!("# cannot render: {error}\n"));
+    format!(
+        "# The system '{}' as resolved for environment '{}', every default written out.\n\n{body}",
+        system.name, system.env
+    )
+}
+
+/// The system as pretty JSON (the form revisions store), ending in a newline.
+pub fn render_json(system: &System) -> String {
+    let mut json = serde_json::to_string_pretty(system).unwrap_or_default();
+    json.push('\n');
+    json
+}

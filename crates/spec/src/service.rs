@@ -1,0 +1,686 @@
+//! Reading one `[service.NAME]` table into a [`Service`], with its defaults and checks.
+//!
+//! The same function reads a base service, an overlay (`[env.prod.service.api]`, where
+//! every key is optional) and the merged table of an environment; the [`Report`]'s phase
+//! decides which problems are reported (see `check`). The spans it returns let the
+//! system-wide checks (dependencies, ports) point at the right text.
+
+use crate::check::{Field, Report, with_suggestion};
+use crate::interpolate;
+use crate::model::{Health, HealthCheck, Limits, Release, RestartPolicy, Service, Stop};
+use crate::node::{Entry, Span, Table};
+use crate::units::{ByteSize, Cpu, Dur};
+use std::path::{Component, Path, PathBuf};
+
+pub(crate) const SERVICE_KEYS: &[&str] = &[
+    "run",
+    "cwd",
+    "env",
+    "port",
+    "health",
+    "depends_on",
+    "limits",
+    "replicas",
+    "stop",
+    "restart",
+    "metrics",
+    "release",
+];
+const HEALTH_KEYS: &[&str] = &[
+    "http", "tcp", "exec", "interval", "timeout", "grace", "failures",
+];
+pub(crate) const HEALTH_KINDS: &[&str] = &["http", "tcp", "exec"];
+const LIMIT_KEYS: &[&str] = &["memory", "cpu", "pids"];
+const STOP_KEYS: &[&str] = &["signal", "grace"];
+const STRATEGIES: &[&str] = &["recreate", "blue-green", "canary"];
+const RESTART_POLICIES: &[&str] = &["always", "on-failure", "never"];
+/// Release keys and the strategies they belong to.
+const RELEASE_KEYS: &[(&str, &[&str])] = &[
+    ("strategy", &["recreate", "blue-green", "canary"]),
+    ("keep_warm", &["blue-green", "canary"]),
+    ("steps", &["canary"]),
+    ("step_time", &["canary"]),
+    ("max_error_rate", &["canary"]),
+    ("max_p99", &["canary"]),
+    ("min_requests", &["canary"]),
+];
+/// Signals an instance may be asked to stop with.
+pub(crate) const STOP_SIGNALS: &[&str] = &[
+    "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1", "SIGUSR2", "SIGWINCH",
+];
+/// Words that only mean something to a shell, which tandem does not use.
+const SHELL_OPERATORS: &[&str] = &["|", "||", "&&", ";", ">", ">>", "<", "&"];
+
+/// Where the parts of a service that system-wide checks look at are written.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ServiceSpans {
+    pub(crate) port: Option<Span>,
+    pub(crate) depends_on: Vec<(String, Span)>,
+}
+
+/// Reads `entry` (the `NAME = {...}` or `[service.NAME]` table) into a service.
+pub(crate) fn read_service(
+    report: &mut Report<'_>,
+    name: &str,
+    entry: &Entry,
+    section: &str,
+    base_dir: &Path,
+) -> (Service, ServiceSpans) {
+    let mut spans = ServiceSpans::default();
+    let mut service = Service {
+        run: String::new(),
+        cwd: normalize(base_dir).to_string_lossy().into_owned(),
+        env: Default::default(),
+        port: None,
+        health: None,
+        depends_on: Vec::new(),
+        limits: Limits::default(),
+        replicas: 1,
+        stop: Stop::default(),
+        restart: RestartPolicy::Always,
+        metrics: None,
+        release: None,
+    };
+    let Some(table) = report.table(
+        entry,
+        &Field::new("[service]", "[service.api] with run = \"...\""),
+    ) else {
+        return (service, spans);
+    };
+    report.unknown_keys(table, section, SERVICE_KEYS);
+
+    match table.get("run") {
+        Some(run) => {
+            if let Some(text) = report.string(
+                run,
+                &Field::new(section, "run = \"./server --port ${PORT}\""),
+            ) {
+                check_command(report, run, text, section);
+                service.run = text.to_string();
+            }
+        }
+        None => report.context_error(
+            entry.key_span.clone(),
+            format!("service '{name}' has no 'run' command"),
+            format!("add run = \"...\" to [service.{name}]: the command line that starts it"),
+        ),
+    }
+    if let Some(cwd) = table.get("cwd")
+        && let Some(text) = report.string(cwd, &Field::new(section, "cwd = \"api\""))
+    {
+        let folder = normalize(&base_dir.join(text));
+        if !folder.is_dir() {
+            report.value_error(
+                cwd.node.span.clone(),
+                format!("cwd '{text}' is not a folder ({})", folder.display()),
+                "create the folder or fix the path; relative paths are against the folder holding the system file",
+            );
+        }
+        service.cwd = folder.to_string_lossy().into_owned();
+    }
+    if let Some(env) = table.get("env") {
+        read_env(report, env, section, &mut service);
+    }
+    if let Some(port) = table.get("port") {
+        spans.port = Some(port.node.span.clone());
+        service.port = read_port(report, port, section);
+    }
+    if let Some(health) = table.get("health") {
+        service.health = read_health(report, name, health, section);
+    }
+    if let Some(depends_on) = table.get("depends_on")
+        && let Some(items) =
+            report.strings(depends_on, &Field::new(section, "depends_on = [\"db\"]"))
+    {
+        for (dependency, span) in items {
+            if service.depends_on.iter().any(|seen| seen == dependency) {
+                report.value_error(
+                    span,
+                    format!("'{dependency}' is listed twice in 'depends_on'"),
+                    "list each dependency once",
+                );
+                continue;
+            }
+            service.depends_on.push(dependency.to_string());
+            spans.depends_on.push((dependency.to_string(), span));
+        }
+    }
+    if let Some(limits) = table.get("limits") {
+        service.limits = read_limits(report, limits, section);
+    }
+    if let Some(replicas) = table.get("replicas")
+        && let Some(count) = report.integer(replicas, &Field::new(section, "replicas = 2"))
+    {
+        match u32::try_from(count) {
+            Ok(count) if count <= 1000 => service.replicas = count,
+            _ => report.value_error(
+                replicas.node.span.clone(),
+                format!("replicas must be between 0 and 1000, found {count}"),
+                "use 0 to keep the service declared but stopped, or the number of instances to run",
+            ),
+        }
+    }
+    if let Some(stop) = table.get("stop") {
+        service.stop = read_stop(report, stop, section);
+    }
+    if let Some(restart) = table.get("restart")
+        && let Some(text) = report.string(restart, &Field::new(section, "restart = \"on-failure\""))
+    {
+        service.restart = match text {
+            "always" => RestartPolicy::Always,
+            "on-failure" => RestartPolicy::OnFailure,
+            "never" => RestartPolicy::Never,
+            other => {
+                report.value_error(
+                    restart.node.span.clone(),
+                    format!("unknown restart policy '{other}'"),
+                    with_suggestion(
+                        other,
+                        RESTART_POLICIES.iter().copied(),
+                        "use one of: always, on-failure, never".into(),
+                    ),
+                );
+                RestartPolicy::Always
+            }
+        };
+    }
+    if let Some(metrics) = table.get("metrics")
+        && let Some(path) = report.string(metrics, &Field::new(section, "metrics = \"/metrics\""))
+    {
+        if !path.starts_with('/') {
+            report.value_error(
+                metrics.node.span.clone(),
+                format!("metrics path '{path}' does not start with '/'"),
+                format!(
+                    "write the path part of the URL, like \"/{}\"",
+                    path.trim_start_matches('/')
+                ),
+            );
+        }
+        service.metrics = Some(path.to_string());
+    }
+    if let Some(release) = table.get("release") {
+        service.release = read_release(report, release, section);
+    }
+    (service, spans)
+}
+
+/// Checks a command line: not empty, splits like a shell would, uses no shell operators,
+/// and has valid `${...}` syntax.
+fn check_command(report: &mut Report<'_>, entry: &Entry, text: &str, section: &str) {
+    let key = &entry.key;
+    let span = entry.node.span.clone();
+    if text.trim().is_empty() {
+        report.value_error(
+            span,
+            format!("'{key}' in {section} is empty"),
+            "write the command line to run, like \"./server --port ${PORT}\"",
+        );
+        return;
+    }
+    let Some(words) = shlex::split(text) else {
+        report.value_error(
+            span,
+            format!("'{key}' in {section} cannot be split into words: a quote is not closed"),
+            "close every quote; the command is split like a shell would, but no shell runs it",
+        );
+        return;
+    };
+    if words.is_empty() {
+        report.value_error(
+            span,
+            format!("'{key}' in {section} has no command"),
+            "write the command line to run, like \"./server --port ${PORT}\"",
+        );
+        return;
+    }
+    if let Some(operator) = words
+        .iter()
+        .find(|word| SHELL_OPERATORS.contains(&word.as_str()))
+    {
+        report.value_error(
+            span.clone(),
+            format!("'{key}' in {section} uses '{operator}', but commands run without a shell"),
+            "run one program, or wrap the line in a shell: \"sh -c '...'\"",
+        );
+    }
+    check_interpolation(report, entry, text, key);
+}
+
+/// Reports a `${...}` syntax problem in a string value, pointing inside it when possible.
+pub(crate) fn check_interpolation(report: &mut Report<'_>, entry: &Entry, text: &str, what: &str) {
+    if let Err(error) = interpolate::check(text) {
+        let source = report.source.text;
+        let span = match crate::check::offset_in_string(source, &entry.node, text, error.offset) {
+            Some(start) => start..start + error.len,
+            None => entry.node.span.clone(),
+        };
+        report.value_error(span, format!("{} in '{what}'", error.message), error.hint);
+    }
+}
+
+fn read_env(report: &mut Report<'_>, entry: &Entry, section: &str, service: &mut Service) {
+    let field = Field::new(section, "env = { GREETING = \"hi\" }");
+    let Some(table) = report.table(entry, &field) else {
+        return;
+    };
+    for variable in table.entries() {
+        let name = &variable.key;
+        if !interpolate::is_variable_name(name) {
+            report.value_error(
+                variable.key_span.clone(),
+                format!("'{name}' is not a valid environment variable name"),
+                "use letters, digits and '_', not starting with a digit",
+            );
+        } else if name == "PORT" {
+            report.value_error(
+                variable.key_span.clone(),
+                "'PORT' is set by tandem for each instance",
+                "remove it; use 'port' for the service's public port, and read PORT in the program",
+            );
+        }
+        let value_field = Field::new(section, "env = { WORKERS = \"4\" } (values are strings)");
+        if let Some(value) = report.string(variable, &value_field) {
+            check_interpolation(report, variable, value, &format!("env.{name}"));
+            service.env.insert(name.clone(), value.to_string());
+        }
+    }
+}
+
+fn read_port(report: &mut Report<'_>, entry: &Entry, section: &str) -> Option<u16> {
+    let number = report.integer(entry, &Field::new(section, "port = 8080"))?;
+    match u16::try_from(number) {
+        Ok(port) if port > 0 => Some(port),
+        _ => {
+            report.value_error(
+                entry.node.span.clone(),
+                format!("port {number} is out of range"),
+                "use a TCP port from 1 to 65535",
+            );
+            None
+        }
+    }
+}
+
+fn read_health(
+    report: &mut Report<'_>,
+    name: &str,
+    entry: &Entry,
+    section: &str,
+) -> Option<Health> {
+    let section = format!("{}.health]", section.trim_end_matches(']'));
+    let field = Field::new(&section, "health = { http = \"/healthz\" }");
+    let table = report.table(entry, &field)?;
+    report.unknown_keys(table, &section, HEALTH_KEYS);
+    let mut checks = Vec::new();
+    if let Some(http) = table.get("http")
+        && let Some(path) = report.string(http, &Field::new(&section, "http = \"/healthz\""))
+    {
+        if !path.starts_with('/') {
+            report.value_error(
+                http.node.span.clone(),
+                format!("health check path '{path}' does not start with '/'"),
+                format!(
+                    "write the path part of the URL, like \"/{}\"",
+                    path.trim_start_matches('/')
+                ),
+            );
+        }
+        checks.push((http, HealthCheck::Http(path.to_string())));
+    }
+    if let Some(tcp) = table.get("tcp")
+        && let Some(flag) = report.boolean(tcp, &Field::new(&section, "tcp = true"))
+    {
+        if !flag {
+            report.value_error(
+                tcp.node.span.clone(),
+                "'tcp = false' is not a health check",
+                "write tcp = true to check that the port accepts connections, or remove the key",
+            );
+        }
+        checks.push((tcp, HealthCheck::Tcp(true)));
+    }
+    if let Some(exec) = table.get("exec")
+        && let Some(command) = report.string(exec, &Field::new(&section, "exec = \"pg_isready\""))
+    {
+        check_command(report, exec, command, &section);
+        checks.push((exec, HealthCheck::Exec(command.to_string())));
+    }
+    let check = match checks.len() {
+        0 => {
+            report.context_error(
+                entry.node.span.clone(),
+                format!("the health check of service '{name}' says neither http, tcp nor exec"),
+                "add one: http = \"/healthz\", tcp = true or exec = \"command\"",
+            );
+            HealthCheck::Tcp(true)
+        }
+        1 => checks.remove(0).1,
+        _ => {
+            let names: Vec<&str> = checks.iter().map(|(e, _)| e.key.as_str()).collect();
+            report.context_error(
+                checks[1].0.key_span.clone(),
+                format!(
+                    "the health check of service '{name}' has several kinds: {}",
+                    names.join(", ")
+                ),
+                "keep exactly one of http, tcp or exec",
+            );
+            checks.remove(0).1
+        }
+    };
+    let duration = |report: &mut Report<'_>, key: &str, example: &str, default: u64| {
+        let Some(entry) = table.get(key) else {
+            return Dur::from_millis(default);
+        };
+        let value: Option<Dur> = report.parsed(entry, &Field::new(&section, example), "duration");
+        if let Some(value) = value
+            && value.0.is_zero()
+            && key != "grace"
+        {
+            report.value_error(
+                entry.node.span.clone(),
+                format!("health '{key}' must be longer than 0s"),
+                format!("use a positive duration, like {example}"),
+            );
+        }
+        value.unwrap_or(Dur::from_millis(default))
+    };
+    let interval = duration(report, "interval", "interval = \"1s\"", 1_000);
+    let timeout = duration(report, "timeout", "timeout = \"1s\"", 1_000);
+    let grace = duration(report, "grace", "grace = \"5s\"", 5_000);
+    let mut failures = 3;
+    if let Some(entry) = table.get("failures")
+        && let Some(count) = report.integer(entry, &Field::new(&section, "failures = 3"))
+    {
+        match u32::try_from(count) {
+            Ok(count) if count >= 1 => failures = count,
+            _ => report.value_error(
+                entry.node.span.clone(),
+                format!("health 'failures' must be at least 1, found {count}"),
+                "give the number of consecutive failed checks that make an instance unhealthy",
+            ),
+        }
+    }
+    Some(Health {
+        check,
+        interval,
+        timeout,
+        grace,
+        failures,
+    })
+}
+
+fn read_limits(report: &mut Report<'_>, entry: &Entry, section: &str) -> Limits {
+    let section = format!("{}.limits]", section.trim_end_matches(']'));
+    let mut limits = Limits::default();
+    let Some(table) = report.table(
+        entry,
+        &Field::new(&section, "limits = { memory = \"256MiB\" }"),
+    ) else {
+        return limits;
+    };
+    report.unknown_keys(table, &section, LIMIT_KEYS);
+    if let Some(memory) = table.get("memory") {
+        let field = Field::new(&section, "memory = \"256MiB\"");
+        limits.memory = match memory.node.value {
+            crate::node::Value::Integer(bytes) if bytes > 0 => Some(ByteSize(bytes.unsigned_abs())),
+            _ => report.parsed(memory, &field, "size"),
+        };
+    }
+    if let Some(cpu) = table.get("cpu") {
+        let field = Field::new(&section, "cpu = 0.5");
+        let parsed = match &cpu.node.value {
+            crate::node::Value::String(_) => report.parsed::<Cpu>(cpu, &field, "CPU share"),
+            _ => report.number(cpu, &field).and_then(|cores| {
+                match cores.to_string().parse::<Cpu>() {
+                    Ok(share) => Some(share),
+                    Err(error) => {
+                        report.value_error(
+                            cpu.node.span.clone(),
+                            format!("invalid CPU share for 'cpu' in {section}: {error}"),
+                            "write cores as a positive number (0.5 is half a core) or millicores as \"500m\"",
+                        );
+                        None
+                    }
+                }
+            }),
+        };
+        limits.cpu = parsed;
+    }
+    if let Some(pids) = table.get("pids")
+        && let Some(count) = report.integer(pids, &Field::new(&section, "pids = 100"))
+    {
+        if count >= 1 {
+            limits.pids = Some(count.unsigned_abs());
+        } else {
+            report.value_error(
+                pids.node.span.clone(),
+                format!("'pids' must be at least 1, found {count}"),
+                "give the most processes the service may run at once, or remove the limit",
+            );
+        }
+    }
+    limits
+}
+
+fn read_stop(report: &mut Report<'_>, entry: &Entry, section: &str) -> Stop {
+    let section = format!("{}.stop]", section.trim_end_matches(']'));
+    let mut stop = Stop::default();
+    let Some(table) = report.table(
+        entry,
+        &Field::new(&section, "stop = { signal = \"SIGTERM\", grace = \"10s\" }"),
+    ) else {
+        return stop;
+    };
+    report.unknown_keys(table, &section, STOP_KEYS);
+    if let Some(signal) = table.get("signal")
+        && let Some(name) = report.string(signal, &Field::new(&section, "signal = \"SIGINT\""))
+    {
+        if STOP_SIGNALS.contains(&name) {
+            stop.signal = name.to_string();
+        } else {
+            let prefixed = format!("SIG{}", name.to_ascii_uppercase());
+            let hint = if STOP_SIGNALS.contains(&prefixed.as_str()) {
+                format!("did you mean '{prefixed}'?")
+            } else {
+                with_suggestion(
+                    name,
+                    STOP_SIGNALS.iter().copied(),
+                    format!("use one of: {}", STOP_SIGNALS.join(", ")),
+                )
+            };
+            report.value_error(
+                signal.node.span.clone(),
+                format!("unknown signal '{name}'"),
+                hint,
+            );
+        }
+    }
+    if let Some(grace) = table.get("grace") {
+        stop.grace = report
+            .parsed(grace, &Field::new(&section, "grace = \"10s\""), "duration")
+            .unwrap_or(stop.grace);
+    }
+    stop
+}
+
+fn read_release(report: &mut Report<'_>, entry: &Entry, section: &str) -> Option<Release> {
+    let section = format!("{}.release]", section.trim_end_matches(']'));
+    let table = report.table(
+        entry,
+        &Field::new(&section, "release = { strategy = \"recreate\" }"),
+    )?;
+    let known: Vec<&str> = RELEASE_KEYS.iter().map(|(key, _)| *key).collect();
+    report.unknown_keys(table, &section, &known);
+
+    let strategy = match table.get("strategy") {
+        Some(strategy) => {
+            let name = report.string(strategy, &Field::new(&section, "strategy = \"canary\""))?;
+            if !STRATEGIES.contains(&name) {
+                report.value_error(
+                    strategy.node.span.clone(),
+                    format!("unknown release strategy '{name}'"),
+                    with_suggestion(
+                        name,
+                        STRATEGIES.iter().copied(),
+                        "use one of: recreate, blue-green, canary".into(),
+                    ),
+                );
+                return None;
+            }
+            name
+        }
+        None => {
+            report.context_error(
+                entry.node.span.clone(),
+                "'release' has no 'strategy'",
+                "add strategy = \"recreate\", \"blue-green\" or \"canary\"",
+            );
+            return None;
+        }
+    };
+    for key_entry in table.entries() {
+        if let Some((key, owners)) = RELEASE_KEYS.iter().find(|(key, _)| *key == key_entry.key)
+            && !owners.contains(&strategy)
+        {
+            let owner_list = owners.join("' or '");
+            report.context_error(
+                key_entry.key_span.clone(),
+                format!("'{key}' belongs to strategy '{owner_list}', not '{strategy}'"),
+                format!("remove '{key}', or change the strategy"),
+            );
+        }
+    }
+    let duration = |report: &mut Report<'_>, key: &str, example: &str| -> Option<Dur> {
+        let entry = table.get(key)?;
+        report.parsed(entry, &Field::new(&section, example), "duration")
+    };
+    let keep_warm = duration(report, "keep_warm", "keep_warm = \"10m\"");
+    match strategy {
+        "recreate" => Some(Release::Recreate),
+        "blue-green" => Some(Release::BlueGreen { keep_warm }),
+        _ => {
+            let steps = read_steps(report, table, entry, &section);
+            let step_time = duration(report, "step_time", "step_time = \"30s\"");
+            if table.get("step_time").is_none() {
+                report.context_error(
+                    entry.node.span.clone(),
+                    "canary release has no 'step_time'",
+                    "add step_time = \"30s\": how long each step is judged before the next",
+                );
+            }
+            let mut max_error_rate = None;
+            if let Some(rate_entry) = table.get("max_error_rate")
+                && let Some(rate) =
+                    report.number(rate_entry, &Field::new(&section, "max_error_rate = 0.01"))
+            {
+                if (0.0..=1.0).contains(&rate) {
+                    max_error_rate = Some(rate);
+                } else {
+                    report.value_error(
+                        rate_entry.node.span.clone(),
+                        format!("max_error_rate {rate} is outside 0..1"),
+                        "write a fraction of requests: 0.01 is 1%",
+                    );
+                }
+            }
+            let max_p99 = duration(report, "max_p99", "max_p99 = \"300ms\"");
+            let mut min_requests = None;
+            if let Some(count_entry) = table.get("min_requests")
+                && let Some(count) =
+                    report.integer(count_entry, &Field::new(&section, "min_requests = 100"))
+            {
+                if count >= 0 {
+                    min_requests = Some(count.unsigned_abs());
+                } else {
+                    report.value_error(
+                        count_entry.node.span.clone(),
+                        format!("min_requests must not be negative, found {count}"),
+                        "give the fewest requests a step must see before it is judged",
+                    );
+                }
+            }
+            Some(Release::Canary {
+                steps,
+                step_time: step_time.unwrap_or(Dur::from_secs(30)),
+                max_error_rate,
+                max_p99,
+                min_requests,
+                keep_warm,
+            })
+        }
+    }
+}
+
+fn read_steps(report: &mut Report<'_>, table: &Table, release: &Entry, section: &str) -> Vec<u8> {
+    let Some(steps_entry) = table.get("steps") else {
+        report.context_error(
+            release.node.span.clone(),
+            "canary release has no 'steps'",
+            "add steps = [10, 50, 100]: the percentages of traffic, increasing, ending at 100",
+        );
+        return Vec::new();
+    };
+    let field = Field::new(section, "steps = [10, 50, 100]");
+    let Some(items) = report.array(steps_entry, &field) else {
+        return Vec::new();
+    };
+    let mut steps = Vec::new();
+    let mut previous: i64 = 0;
+    for item in items {
+        let crate::node::Value::Integer(percent) = item.value else {
+            report.value_error(
+                item.span.clone(),
+                format!(
+                    "canary step must be an integer percentage, found {}",
+                    item.value.type_phrase()
+                ),
+                "write steps like [10, 50, 100]",
+            );
+            return steps;
+        };
+        if !(1..=100).contains(&percent) || percent <= previous {
+            report.value_error(
+                item.span.clone(),
+                format!("canary step {percent} does not increase from {previous}"),
+                "steps are percentages of traffic from 1 to 100, each larger than the last, like [10, 50, 100]",
+            );
+            return steps;
+        }
+        previous = percent;
+        steps.push(percent as u8);
+    }
+    if previous != 100 {
+        let span = items
+            .last()
+            .map_or(steps_entry.node.span.clone(), |last| last.span.clone());
+        report.value_error(
+            span,
+            "canary steps do not end at 100",
+            "end with 100 so the new revision takes all traffic, like [10, 50, 100]",
+        );
+    }
+    steps
+}
+
+/// Makes a path absolute (against the current folder) and removes `.` and `..` parts
+/// without touching the file system.
+pub(crate) fn normalize(path: &Path) -> PathBuf {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut normalized = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                normalized.pop();
+            }
+            other => normalized.push(other),
+        }
+    }
+    normalized
+}
