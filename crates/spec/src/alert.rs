@@ -40,9 +40,7 @@ pub(crate) fn check_promql(expr: &str) -> Result<(), String> {
     if expr.trim().is_empty() {
         return Err("the expression is empty".into());
     }
-    promql_parser::parser::parse(expr)
-        .map(|_| ())
-        .map_err(|message| message)
+    promql_parser::parser::parse(expr).map(|_| ())
 }
 
 /// The hint shown under a PromQL error.

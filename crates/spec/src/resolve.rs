@@ -302,7 +302,8 @@ fn check_shape(report: &mut Report<'_>, root: &Table, base_dir: &Path) {
                     "the system has one name in every environment; set it in [system]",
                 );
             }
-            read_system(report, system, &system_section, ENV_SYSTEM_KEYS);
+            // 'name' is reported above with its own message, not as an unknown key.
+            read_system(report, system, &system_section, SYSTEM_KEYS);
         }
         if let Some(services_entry) = overlay.get("service")
             && let Some(services) = report.table(

@@ -195,9 +195,9 @@ impl RuleChecker<'_> {
     }
 
     fn group(&mut self, group: &RuleGroup, seen_names: &mut Vec<String>) {
-        let name_span = self.find_key_after(self.cursor, "name", group.name.as_deref());
+        let name_span = self.find_key_in(self.cursor, usize::MAX, "name", group.name.as_deref());
         if let Some(span) = &name_span {
-            self.cursor = span.end;
+            self.cursor = self.line_end(span.end) + 1;
         }
         let group_span = name_span.clone().unwrap_or(self.cursor..self.cursor + 1);
         match group.name.as_deref() {
@@ -218,11 +218,11 @@ impl RuleChecker<'_> {
             ("query_offset", &group.query_offset),
         ] {
             if let Some(text) = value {
-                self.duration(key, text, self.cursor);
+                self.duration(key, text, self.cursor, self.next_item(self.cursor));
             }
         }
         if let Some(labels) = &group.labels {
-            self.labels("labels", labels, self.cursor);
+            self.labels("labels", labels, self.cursor, self.next_item(self.cursor));
         }
         for rule in &group.rules {
             self.rule(rule);
@@ -230,19 +230,21 @@ impl RuleChecker<'_> {
     }
 
     fn rule(&mut self, rule: &Rule) {
-        let start = self.cursor;
+        // A rule is the list item from its "- " line to the next one.
+        let start = self.next_item(self.cursor);
+        let end = self.next_item(self.line_end(start) + 1);
+        self.cursor = end;
         let name_key = if rule.alert.is_some() {
             "alert"
         } else {
             "record"
         };
-        let name_span = self.find_key_after(start, name_key, None);
-        let expr_span = self.find_key_after(start, "expr", None);
-        let anchor = match (&name_span, &expr_span) {
-            (Some(name), Some(expr)) => name.start.min(expr.start)..name.end,
-            (Some(span), None) | (None, Some(span)) => span.clone(),
-            (None, None) => start..start + 1,
-        };
+        let name_span = self.find_key_in(start, end, name_key, None);
+        let expr_span = self.find_key_in(start, end, "expr", None);
+        let anchor = name_span
+            .clone()
+            .or(expr_span.clone())
+            .unwrap_or(start..self.line_end(start));
         let label = rule
             .alert
             .as_deref()
@@ -274,7 +276,7 @@ impl RuleChecker<'_> {
                 ] {
                     if present {
                         let span = self
-                            .find_key_after(start, key, None)
+                            .find_key_in(start, end, key, None)
                             .unwrap_or(anchor.clone());
                         self.error(
                             span,
@@ -313,27 +315,20 @@ impl RuleChecker<'_> {
             ("keep_firing_for", &rule.keep_firing_for),
         ] {
             if let Some(text) = value {
-                self.duration(key, text, start);
+                self.duration(key, text, start, end);
             }
         }
         for (key, map) in [("labels", &rule.labels), ("annotations", &rule.annotations)] {
             if let Some(map) = map {
-                self.labels(key, map, start);
+                self.labels(key, map, start, end);
             }
         }
-        // The next rule's keys come after this rule's name and expr.
-        self.cursor = [name_span, expr_span]
-            .into_iter()
-            .flatten()
-            .map(|span| span.end)
-            .max()
-            .unwrap_or(self.cursor);
     }
 
-    fn duration(&mut self, key: &str, text: &str, from: usize) {
+    fn duration(&mut self, key: &str, text: &str, from: usize, until: usize) {
         if let Err(error) = text.parse::<Dur>() {
             let span = self
-                .find_key_after(from, key, None)
+                .find_key_in(from, until, key, None)
                 .unwrap_or(from..from + 1);
             let (problem, hint) = crate::check::split_unit_error(&error.0);
             self.error(
@@ -344,11 +339,17 @@ impl RuleChecker<'_> {
         }
     }
 
-    fn labels(&mut self, key: &str, map: &BTreeMap<String, serde_yaml::Value>, from: usize) {
+    fn labels(
+        &mut self,
+        key: &str,
+        map: &BTreeMap<String, serde_yaml::Value>,
+        from: usize,
+        until: usize,
+    ) {
         for (name, value) in map {
             if !is_label_name(name) {
                 let span = self
-                    .find_key_after(from, name, None)
+                    .find_key_name_in(from, until, name)
                     .unwrap_or(from..from + 1);
                 self.error(
                     span,
@@ -361,7 +362,7 @@ impl RuleChecker<'_> {
                 serde_yaml::Value::Sequence(_) | serde_yaml::Value::Mapping(_)
             ) {
                 let span = self
-                    .find_key_after(from, name, None)
+                    .find_key_name_in(from, until, name)
                     .unwrap_or(from..from + 1);
                 self.error(
                     span,
@@ -372,19 +373,64 @@ impl RuleChecker<'_> {
         }
     }
 
-    /// The span of the value of the first `key:` at or after `from` (the key itself when
-    /// the value starts on a later line). When `value` is given, the line must also hold it.
-    fn find_key_after(
-        &self,
-        from: usize,
-        key: &str,
-        value: Option<&str>,
-    ) -> Option<std::ops::Range<usize>> {
+    /// The offset of the first line at or after `from` that starts a list item (`- `), or
+    /// the end of the text.
+    fn next_item(&self, from: usize) -> usize {
         let text = self.source.text;
         let mut line_start = text[..from.min(text.len())]
             .rfind('\n')
             .map_or(0, |i| i + 1);
         while line_start < text.len() {
+            let line_end = self.line_end(line_start);
+            if line_start >= from && text[line_start..line_end].trim_start().starts_with("- ") {
+                return line_start;
+            }
+            line_start = line_end + 1;
+        }
+        text.len()
+    }
+
+    fn line_end(&self, offset: usize) -> usize {
+        let text = self.source.text;
+        let offset = offset.min(text.len());
+        text[offset..].find('\n').map_or(text.len(), |i| offset + i)
+    }
+
+    /// The span of the value of the first `key:` in `from..until` (the key itself when the
+    /// value starts on a later line). When `value` is given, the line must also hold it.
+    fn find_key_in(
+        &self,
+        from: usize,
+        until: usize,
+        key: &str,
+        value: Option<&str>,
+    ) -> Option<std::ops::Range<usize>> {
+        self.find_in(from, until, key, value, false)
+    }
+
+    /// Like [`Self::find_key_in`], but the span of the key itself.
+    fn find_key_name_in(
+        &self,
+        from: usize,
+        until: usize,
+        key: &str,
+    ) -> Option<std::ops::Range<usize>> {
+        self.find_in(from, until, key, None, true)
+    }
+
+    fn find_in(
+        &self,
+        from: usize,
+        until: usize,
+        key: &str,
+        value: Option<&str>,
+        want_key: bool,
+    ) -> Option<std::ops::Range<usize>> {
+        let text = self.source.text;
+        let mut line_start = text[..from.min(text.len())]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
+        while line_start < until.min(text.len()) {
             let line_end = text[line_start..]
                 .find('\n')
                 .map_or(text.len(), |i| line_start + i);
@@ -398,7 +444,7 @@ impl RuleChecker<'_> {
             {
                 let value_text = after_colon.trim_start();
                 let key_start = line_start + indent;
-                if value_text.is_empty() || value_text.starts_with(['|', '>']) {
+                if want_key || value_text.is_empty() || value_text.starts_with(['|', '>']) {
                     return Some(key_start..key_start + key.len());
                 }
                 let value_start = line_end - after_colon.trim_start().len();

@@ -640,7 +640,15 @@ fn read_steps(report: &mut Report<'_>, table: &Table, release: &Entry, section: 
             );
             return steps;
         };
-        if !(1..=100).contains(&percent) || percent <= previous {
+        if !(1..=100).contains(&percent) {
+            report.value_error(
+                item.span.clone(),
+                format!("canary step {percent} is not a percentage from 1 to 100"),
+                "steps are percentages of traffic, each larger than the last, like [10, 50, 100]",
+            );
+            return steps;
+        }
+        if percent <= previous {
             report.value_error(
                 item.span.clone(),
                 format!("canary step {percent} does not increase from {previous}"),
