@@ -22,9 +22,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tandem_api::{
-    Event, EventKind, EventSink, ExitInfo, InstanceState, InstanceStatus, now_ms,
-};
+use tandem_api::{Event, EventKind, EventSink, ExitInfo, InstanceState, InstanceStatus, now_ms};
 use tandem_spec::{Health, HealthCheck, RestartPolicy, Stop};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -138,7 +136,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("config", &self.config).finish()
+        f.debug_struct("Runtime")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -226,7 +226,12 @@ impl Runtime {
                 tracing::warn!(dir = %dir.path().display(), "skipping an instance folder without a readable meta.json");
                 continue;
             };
-            if self.instances.lock().expect("instances lock").contains_key(&meta.id) {
+            if self
+                .instances
+                .lock()
+                .expect("instances lock")
+                .contains_key(&meta.id)
+            {
                 continue;
             }
             let attach = attach_existing(&dir);
@@ -490,7 +495,7 @@ enum Attach {
     /// The shim (and so the process) still runs.
     Running { child: ChildRecord },
     /// The process ended while no server watched; its exit is recorded.
-    Exited { child: Option<ChildRecord>, exit: ExitRecord },
+    Exited { exit: ExitRecord },
     /// The shim is gone without a record (killed); the process may be orphaned.
     Lost { child: Option<ChildRecord> },
 }
@@ -499,7 +504,7 @@ fn attach_existing(dir: &InstanceDir) -> Attach {
     let child = dir.read_child().ok().flatten();
     let exit = dir.read_exit().ok().flatten();
     if let Some(exit) = exit {
-        return Attach::Exited { child, exit };
+        return Attach::Exited { exit };
     }
     match child {
         Some(c) if procfs::is_same_process(c.shim_pid, c.shim_start_ticks) => {
@@ -559,7 +564,7 @@ impl InstanceSupervisor {
                         format!("re-attached to {} (pid {})", self.meta.id, child.pid),
                     );
                     let exit = wait_pid_exit(child.shim_pid);
-                    self.supervise_process(child, exit).await
+                    self.supervise_process(child, exit, true).await
                 }
                 Some(Attach::Exited { exit, .. }) => (RunEnd::Exited(exit), Duration::ZERO),
                 Some(Attach::Lost { child }) => {
@@ -581,7 +586,7 @@ impl InstanceSupervisor {
                     (RunEnd::Exited(exit), Duration::ZERO)
                 }
                 None => match self.launch().await {
-                    Ok((child, exit)) => self.supervise_process(child, exit).await,
+                    Ok((child, exit)) => self.supervise_process(child, exit, false).await,
                     Err(exit) => (RunEnd::Exited(exit), Duration::ZERO),
                 },
             };
@@ -606,8 +611,11 @@ impl InstanceSupervisor {
                     } else {
                         EventKind::InstanceExited
                     };
-                    self.runtime
-                        .emit(kind, &self.meta, format!("{}: {}", self.meta.id, info.description));
+                    self.runtime.emit(
+                        kind,
+                        &self.meta,
+                        format!("{}: {}", self.meta.id, info.description),
+                    );
                     self.meta.last_exit = Some(info.clone());
                     self.status.send_modify(|s| {
                         s.last_exit = Some(info.clone());
@@ -643,7 +651,11 @@ impl InstanceSupervisor {
                             info.description,
                             self.meta.request.service
                         );
-                        self.runtime.emit(EventKind::CrashLoop, &self.meta, format!("{}: {reason}", self.meta.id));
+                        self.runtime.emit(
+                            EventKind::CrashLoop,
+                            &self.meta,
+                            format!("{}: {reason}", self.meta.id),
+                        );
                         if self.park(InstanceState::CrashLoop, Some(reason)).await {
                             return;
                         }
@@ -811,7 +823,12 @@ impl InstanceSupervisor {
             .map_err(|e| format!("run of service '{}': {e}", req.service))?;
         let argv = shlex::split(&line)
             .filter(|v| !v.is_empty())
-            .ok_or_else(|| format!("run of service '{}' is not a valid command line: {line}", req.service))?;
+            .ok_or_else(|| {
+                format!(
+                    "run of service '{}' is not a valid command line: {line}",
+                    req.service
+                )
+            })?;
         let mut env_out = BTreeMap::new();
         for (k, v) in &env {
             let value = tandem_spec::interpolate(v, &lookup)
@@ -851,6 +868,7 @@ impl InstanceSupervisor {
         &mut self,
         child: ChildRecord,
         mut exit: ShimExit,
+        reattached: bool,
     ) -> (RunEnd, Duration) {
         let started = Instant::now();
         let health = self.meta.request.health.clone();
@@ -865,11 +883,16 @@ impl InstanceSupervisor {
             s.reason = None;
         });
         self.runtime.changed.notify_waiters();
-        self.runtime.emit(
-            EventKind::InstanceStarted,
-            &self.meta,
-            format!("started {} (pid {}, port {})", self.meta.id, child.pid, self.meta.port),
-        );
+        if !reattached {
+            self.runtime.emit(
+                EventKind::InstanceStarted,
+                &self.meta,
+                format!(
+                    "started {} (pid {}, port {})",
+                    self.meta.id, child.pid, self.meta.port
+                ),
+            );
+        }
         let mut consecutive_failures: u32 = 0;
         let mut next_check = Instant::now();
         let grace_until = Instant::now() + health.as_ref().map(|h| h.grace.0).unwrap_or_default();
@@ -947,7 +970,13 @@ impl InstanceSupervisor {
         let check: &HealthCheck = &h.check;
         match tokio::time::timeout(
             h.timeout.0 + Duration::from_millis(100),
-            health::check(check, self.meta.port, h.timeout.0, &env, &self.meta.request.cwd),
+            health::check(
+                check,
+                self.meta.port,
+                h.timeout.0,
+                &env,
+                &self.meta.request.cwd,
+            ),
         )
         .await
         {
@@ -960,7 +989,8 @@ impl InstanceSupervisor {
     async fn kill_gracefully(&mut self, child: &ChildRecord, mut exit: ShimExit) {
         self.meta.should_run = false;
         let _ = write_meta(&self.dir, &self.meta);
-        self.status.send_modify(|s| s.state = InstanceState::Stopping);
+        self.status
+            .send_modify(|s| s.state = InstanceState::Stopping);
         self.runtime.changed.notify_waiters();
         let signal = signal_number(&self.meta.request.stop.signal).unwrap_or(libc::SIGTERM);
         if procfs::is_same_process(child.pid, child.start_ticks) {
@@ -972,7 +1002,11 @@ impl InstanceSupervisor {
             tracing::warn!(instance = %self.meta.id, "did not stop within {:?}; sending SIGKILL", grace);
             // SAFETY: as above, the whole process group.
             unsafe { libc::kill(-child.pid, libc::SIGKILL) };
-            if let Some(cg) = self.runtime.cgroups.open(&self.runtime.cgroup_group(&self.meta.id)) {
+            if let Some(cg) = self
+                .runtime
+                .cgroups
+                .open(&self.runtime.cgroup_group(&self.meta.id))
+            {
                 cg.kill_all(libc::SIGKILL);
             }
             exit.await;
@@ -987,9 +1021,16 @@ impl InstanceSupervisor {
             s.pid = None;
         });
         self.runtime.changed.notify_waiters();
-        self.runtime
-            .emit(EventKind::InstanceStopped, &self.meta, format!("stopped {}", self.meta.id));
-        if let Some(cg) = self.runtime.cgroups.open(&self.runtime.cgroup_group(&self.meta.id)) {
+        self.runtime.emit(
+            EventKind::InstanceStopped,
+            &self.meta,
+            format!("stopped {}", self.meta.id),
+        );
+        if let Some(cg) = self
+            .runtime
+            .cgroups
+            .open(&self.runtime.cgroup_group(&self.meta.id))
+        {
             cg.kill_all(libc::SIGKILL);
             let _ = cg.remove();
         }
@@ -1007,7 +1048,10 @@ fn wait_pid_exit(pid: i32) -> ShimExit {
         }
         // SAFETY: fd was just returned by pidfd_open and is owned by nobody else.
         let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        match tokio::io::unix::AsyncFd::with_interest(owned, tokio::io::Interest::READABLE) {
+        // SAFETY: `owned` is a pidfd we own; it stays open for as long as the AsyncFd lives.
+        match unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+        } {
             Ok(async_fd) => {
                 let _ = async_fd.readable().await;
             }
@@ -1082,7 +1126,11 @@ const SIGNALS: &[(&str, i32)] = &[
 /// `"SIGTERM"` or `"TERM"` to its number.
 pub fn signal_number(name: &str) -> Option<i32> {
     let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     SIGNALS.iter().find(|(n, _)| *n == full).map(|(_, v)| *v)
 }
 
@@ -1120,7 +1168,10 @@ mod tests {
             let nominal = BACKOFF_BASE
                 .saturating_mul(1u32 << (attempt - 1).min(16))
                 .min(BACKOFF_MAX);
-            assert!(d >= nominal.mul_f64(0.8) && d <= nominal.mul_f64(1.2), "{attempt}: {d:?}");
+            assert!(
+                d >= nominal.mul_f64(0.8) && d <= nominal.mul_f64(1.2),
+                "{attempt}: {d:?}"
+            );
         }
         assert!(backoff_delay(30) <= BACKOFF_MAX.mul_f64(1.2));
     }

@@ -1,1 +1,33 @@
-fn main() {}
+//! The `tandem` binary: parses the command line, sets up logging, runs one command and maps
+//! its outcome to an exit status. Everything else lives in the library crates; offline
+//! commands use the spec crate directly and every other command is a client of a server.
+
+mod cli;
+mod client;
+mod commands;
+mod output;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    if let cli::Command::Shim { dir } = &cli.command {
+        // Before any runtime or thread exists: the shim forks and waits on its own.
+        tandem_supervisor::shim::run(dir);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("{} {e:#}", output::red("error:"));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The HTTP API (`/v1/...`), the same on the Unix socket and on the HTTP listener; on the
+//! latter every route passes [`crate::auth::require_token`] first.
+//!
+//! Long operations (apply, down) and log following answer with NDJSON streams, one JSON
+//! object a line, so a client shows progress as it happens.
+
+use crate::AppState;
+use crate::logs;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::sync::Arc;
+use tandem_api::{
+    ApplyMessage, ApplyRequest, ErrorBody, Event, EventKind, LogEntry, NoteRequest,
+    StatusResponse, now_ms,
+};
+use tandem_store::EventFilter;
+use tokio::sync::mpsc;
+
+pub(crate) fn router(state: Arc<AppState>, needs_token: bool) -> Router {
+    let routes = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/server", get(server_info))
+        .route("/v1/plan", post(plan))
+        .route("/v1/apply", post(apply))
+        .route("/v1/down", post(down))
+        .route("/v1/restart/{service}", post(restart))
+        .route("/v1/revisions", get(revisions))
+        .route("/v1/revisions/{number}", get(revision))
+        .route("/v1/events", get(events))
+        .route("/v1/notes", post(note))
+        .route("/v1/logs", get(logs_route));
+    let routes = if needs_token {
+        routes.layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::require_token))
+    } else {
+        routes
+    };
+    routes.with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(ErrorBody { error: message.into() })).into_response()
+}
+
+fn ndjson_response(rx: mpsc::Receiver<String>) -> Response {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|line| (Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line + "\n")), rx))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .expect("valid response")
+}
+
+async fn server_info(State(state): State<Arc<AppState>>) -> Response {
+    Json(state.info.clone()).into_response()
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Response {
+    match state.engine.services_status() {
+        Ok((live_revision, services)) => Json(StatusResponse {
+            server: state.info.clone(),
+            live_revision,
+            services,
+        })
+        .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn check_env(state: &AppState, request: &ApplyRequest) -> Option<Response> {
+    if request.system.env != state.env {
+        return Some(error(
+            StatusCode::CONFLICT,
+            format!(
+                "this server runs environment '{}', but the system was resolved for '{}'",
+                state.env, request.system.env
+            ),
+        ));
+    }
+    None
+}
+
+async fn plan(State(state): State<Arc<AppState>>, Json(request): Json<ApplyRequest>) -> Response {
+    if let Some(r) = check_env(&state, &request) {
+        return r;
+    }
+    match state.engine.plan(&request.system) {
+        Ok(plan) => Json(plan).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn apply(State(state): State<Arc<AppState>>, Json(request): Json<ApplyRequest>) -> Response {
+    if let Some(r) = check_env(&state, &request) {
+        return r;
+    }
+    let (tx, rx) = mpsc::channel::<String>(64);
+    let engine = state.engine.clone();
+    let mut recovered = state.recovered.clone();
+    tokio::spawn(async move {
+        let send = |m: ApplyMessage| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(serde_json::to_string(&m).unwrap_or_default()).await;
+            }
+        };
+        if !*recovered.borrow() {
+            send(ApplyMessage::Progress {
+                message: "waiting for the server to finish re-attaching to running instances".into(),
+            })
+            .await;
+            let _ = recovered.wait_for(|r| *r).await;
+        }
+        let (ptx, mut prx) = mpsc::unbounded_channel::<String>();
+        let forward = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(message) = prx.recv().await {
+                    let line = serde_json::to_string(&ApplyMessage::Progress { message }).unwrap_or_default();
+                    let _ = tx.send(line).await;
+                }
+            })
+        };
+        // The apply runs to its end even when the client goes away.
+        let result = engine.apply(request.system, request.provenance, Some(ptx)).await;
+        let _ = forward.await;
+        match result {
+            Ok(done) => send(ApplyMessage::Done(done)).await,
+            Err(e) => {
+                send(ApplyMessage::Failed { revision: e.revision(), error: e.to_string() }).await
+            }
+        }
+    });
+    ndjson_response(rx)
+}
+
+async fn down(State(state): State<Arc<AppState>>) -> Response {
+    let (tx, rx) = mpsc::channel::<String>(64);
+    let engine = state.engine.clone();
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        let (ptx, mut prx) = mpsc::unbounded_channel::<String>();
+        let forward = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(message) = prx.recv().await {
+                    let line = serde_json::to_string(&ApplyMessage::Progress { message }).unwrap_or_default();
+                    let _ = tx.send(line).await;
+                }
+            })
+        };
+        let result = engine.down(Some(ptx)).await;
+        let _ = forward.await;
+        let last = match result {
+            Ok(()) => serde_json::json!({"down": true}),
+            Err(e) => serde_json::json!({"failed": {"error": e.to_string()}}),
+        };
+        let _ = tx.send(last.to_string()).await;
+        drop(tx);
+        // Let the answer reach the client before the listeners close.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let _ = shutdown.send(true);
+    });
+    ndjson_response(rx)
+}
+
+async fn restart(State(state): State<Arc<AppState>>, Path(service): Path<String>) -> Response {
+    match state.engine.restart(&service) {
+        Ok(n) => Json(serde_json::json!({ "service": service, "instances": n })).into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+}
+
+async fn revisions(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Response {
+    match state.engine.store().list(&state.env, q.limit.unwrap_or(50)) {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn revision(State(state): State<Arc<AppState>>, Path(number): Path<String>) -> Response {
+    let store = state.engine.store();
+    let found = if number == "live" {
+        store.live(&state.env)
+    } else {
+        match number.parse::<u64>() {
+            Ok(n) => store.get(&state.env, n),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("'{number}' is not a revision number; use a number from `tandem history` or 'live'"),
+                );
+            }
+        }
+    };
+    match found {
+        Ok(Some(r)) => Json(r).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("revision {number} does not exist in {}; `tandem history` lists them", state.env),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    since_ms: Option<i64>,
+    service: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn events(State(state): State<Arc<AppState>>, Query(q): Query<EventsQuery>) -> Response {
+    let filter = EventFilter {
+        env: state.env.clone(),
+        since_ms: q.since_ms,
+        service: q.service,
+        kinds: Vec::new(),
+        limit: q.limit.unwrap_or(200),
+    };
+    match state.engine.store().events(&filter) {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn note(State(state): State<Arc<AppState>>, Json(note): Json<NoteRequest>) -> Response {
+    let event = Event {
+        time_ms: now_ms(),
+        env: state.env.clone(),
+        kind: EventKind::Note,
+        service: None,
+        instance: None,
+        revision: None,
+        who: Some(note.who),
+        message: note.text,
+    };
+    match state.engine.store().add_event(&event) {
+        Ok(()) => Json(event).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    /// Comma-separated service names; all when absent.
+    service: Option<String>,
+    since_ms: Option<i64>,
+    tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn logs_route(State(state): State<Arc<AppState>>, Query(q): Query<LogsQuery>) -> Response {
+    let services: Vec<String> = q
+        .service
+        .map(|s| s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect())
+        .unwrap_or_default();
+    let logs_dir = state.engine.runtime().logs_dir().to_path_buf();
+    if let Some(unknown) = services.iter().find(|s| !logs_dir.join(s).is_dir()) {
+        let known: Vec<String> = logs::log_files(&logs_dir, &[])
+            .into_iter()
+            .map(|(s, _, _)| s)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !q.follow {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("service '{unknown}' has no logs; services with logs: {}", known.join(", ")),
+            );
+        }
+    }
+    let (tx, rx) = mpsc::channel::<String>(256);
+    tokio::spawn(async move {
+        let stored = logs::read_merged(&logs_dir, &services, q.since_ms, q.tail);
+        for e in stored {
+            if tx.send(serde_json::to_string(&e).unwrap_or_default()).await.is_err() {
+                return;
+            }
+        }
+        if q.follow {
+            let (etx, mut erx) = mpsc::channel::<LogEntry>(256);
+            tokio::spawn(logs::follow(logs_dir, services, etx));
+            while let Some(e) = erx.recv().await {
+                if tx.send(serde_json::to_string(&e).unwrap_or_default()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    ndjson_response(rx)
+}

@@ -1,0 +1,216 @@
+//! The command line as parsed: every subcommand, flag and default, in one place. Commands
+//! turn these into actions in `commands/`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Run, deploy and watch a whole system described in one file.
+#[derive(Debug, Parser)]
+#[command(name = "tandem", version, about, long_about = None, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Environment to act on: `dev` (the base, the default) or one of the file's `[env.NAME]`.
+    #[arg(short = 'e', long = "env", global = true, env = "TANDEM_ENV")]
+    pub(crate) env: Option<String>,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// `-f FILE`: the system file (every command but `logs`, where `-f` means follow).
+#[derive(Clone, Debug, Args)]
+pub(crate) struct FileArg {
+    /// The system file.
+    #[arg(short = 'f', long = "file", default_value = "tandem.toml", env = "TANDEM_FILE")]
+    pub(crate) file: PathBuf,
+}
+
+/// `--file FILE` for `logs`.
+#[derive(Clone, Debug, Args)]
+pub(crate) struct LongFileArg {
+    /// The system file.
+    #[arg(long = "file", default_value = "tandem.toml", env = "TANDEM_FILE")]
+    pub(crate) file: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RenderOutput {
+    Toml,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum GraphOutput {
+    Text,
+    Dot,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Write a commented starter tandem.toml (never overwrites one).
+    Init {
+        #[command(flatten)]
+        target: FileArg,
+    },
+    /// Check the system file; report every error with file:line:col. Exit 0 or 1.
+    ///
+    /// Without --env, the base and every environment are checked.
+    Validate {
+        #[command(flatten)]
+        target: FileArg,
+    },
+    /// Print the resolved system for the environment.
+    Render {
+        #[command(flatten)]
+        target: FileArg,
+        #[arg(short, long, value_enum, default_value = "toml")]
+        output: RenderOutput,
+    },
+    /// Print the dependency graph.
+    Graph {
+        #[command(flatten)]
+        target: FileArg,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: GraphOutput,
+    },
+    /// Start (or reuse) the environment's server and apply the file.
+    Up {
+        #[command(flatten)]
+        target: FileArg,
+        /// Return once the system is up instead of streaming logs in the foreground.
+        #[arg(short, long)]
+        detach: bool,
+        /// Message recorded with the revision.
+        #[arg(short, long)]
+        message: Option<String>,
+    },
+    /// Stop every service and the environment's server.
+    Down {
+        #[command(flatten)]
+        target: FileArg,
+    },
+    /// What applying the file now would change. Exit 0 no change, 2 changes, 1 error.
+    Plan {
+        #[command(flatten)]
+        target: FileArg,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// The server and every service and instance.
+    Status {
+        #[command(flatten)]
+        target: FileArg,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Service output, merged by time.
+    Logs {
+        #[command(flatten)]
+        target: LongFileArg,
+        /// Services to show (default: all).
+        services: Vec<String>,
+        /// Keep following new output.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only lines newer than this (e.g. 5m, 1h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only the last N lines.
+        #[arg(short = 'n', long)]
+        tail: Option<usize>,
+    },
+    /// Restart every instance of a service (clears a crash loop).
+    Restart {
+        service: String,
+        #[command(flatten)]
+        target: FileArg,
+    },
+    /// Applied revisions, newest first.
+    History {
+        #[command(flatten)]
+        target: FileArg,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// One revision: where it came from and its resolved system.
+    Show {
+        #[command(flatten)]
+        target: FileArg,
+        /// A revision number, or `live`.
+        revision: String,
+        #[arg(short, long, value_enum, default_value = "toml")]
+        output: RenderOutput,
+    },
+    /// Field-by-field difference between two revisions.
+    Diff {
+        #[command(flatten)]
+        target: FileArg,
+        a: String,
+        b: String,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Events of all kinds: applies, starts, crashes, restarts, notes.
+    Timeline {
+        #[command(flatten)]
+        target: FileArg,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+        #[arg(short = 'n', long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Add a note to the timeline.
+    Note {
+        text: String,
+        #[command(flatten)]
+        target: FileArg,
+    },
+    /// Run the environment's server in the foreground (`up` starts it in the background).
+    Serve {
+        #[command(flatten)]
+        target: FileArg,
+        /// Data directory (default: `.tandem/<env>` beside the system file).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// HTTP listener (default: the file's `[server] listen`, else 127.0.0.1:7300 or the next free port).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// The per-instance shim (started by the server; not for people).
+    #[command(name = "__shim", hide = true)]
+    Shim { dir: PathBuf },
+}
+
+impl Command {
+    /// The system file named on the command line.
+    pub(crate) fn file(&self) -> PathBuf {
+        match self {
+            Command::Logs { target, .. } => target.file.clone(),
+            Command::Shim { .. } => PathBuf::from("tandem.toml"),
+            Command::Init { target }
+            | Command::Validate { target }
+            | Command::Render { target, .. }
+            | Command::Graph { target, .. }
+            | Command::Up { target, .. }
+            | Command::Down { target }
+            | Command::Plan { target, .. }
+            | Command::Status { target, .. }
+            | Command::Restart { target, .. }
+            | Command::History { target, .. }
+            | Command::Show { target, .. }
+            | Command::Diff { target, .. }
+            | Command::Timeline { target, .. }
+            | Command::Note { target, .. }
+            | Command::Serve { target, .. } => target.file.clone(),
+        }
+    }
+}

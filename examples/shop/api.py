@@ -1,0 +1,49 @@
+"""The shop's API: counts visits in the kv store and answers JSON.
+
+Reads PORT and KV_ADDR (injected by tandem because `depends_on = ["kv"]`).
+"""
+import json
+import os
+import signal
+import socket
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+KV_HOST, KV_PORT = os.environ["KV_ADDR"].rsplit(":", 1)
+
+
+def kv(command):
+    with socket.create_connection((KV_HOST, int(KV_PORT)), timeout=2) as s:
+        s.sendall((command + "\n").encode())
+        return s.makefile().readline().strip()
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/healthz":
+            return self.answer(200, {"ok": True})
+        if self.path == "/visits":
+            try:
+                return self.answer(200, {"visits": int(kv("INCR visits"))})
+            except OSError as e:
+                return self.answer(503, {"error": f"kv unreachable: {e}"})
+        return self.answer(404, {"error": "not found"})
+
+    def answer(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, fmt, *args):
+        if self.path == "/healthz":
+            return
+        print("api: " + fmt % args, flush=True)
+
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+port = int(os.environ["PORT"])
+print(f"api listening on 127.0.0.1:{port}, kv at {KV_HOST}:{KV_PORT}", flush=True)
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
