@@ -38,3 +38,6 @@ pub fn dependency_variables(service: &str) -> (String, String) {
     let stem = resolve::variable_stem(service);
     (format!("{stem}_URL"), format!("{stem}_ADDR"))
 }
+
+#[cfg(test)]
+mod tests;
