@@ -320,11 +320,15 @@ impl LogFollower {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
+        // A file opened just now is the current one by definition (the metadata above may
+        // predate a rotation that happened before the open).
+        let mut just_opened = false;
         if self.file.is_none() {
             if current.is_none() {
                 return Ok(Vec::new());
             }
             self.open_current(self.offset)?;
+            just_opened = true;
         }
         let Some((file, inode)) = self.file.as_mut() else {
             return Ok(Vec::new());
@@ -337,7 +341,7 @@ impl LogFollower {
             self.partial.clear();
         }
         self.offset += read_from(file, self.offset, &mut bytes)?;
-        if current.is_some_and(|m| m.ino() != inode) {
+        if !just_opened && current.is_some_and(|m| m.ino() != inode) {
             // Rotated. Files rotated out after ours (we missed them between polls) sit
             // between ours and the current one: read them whole, oldest first.
             for missed in self.missed_rotations(inode) {

@@ -292,22 +292,47 @@ fn spawn(spec: &LaunchSpec, join_files: &[File]) -> Result<std::process::Child, 
     }
     command
         .spawn()
-        .map_err(|e| describe_spawn_error(&e, program, &spec.cwd))
+        .map_err(|e| describe_spawn_error(&e, program, spec))
 }
 
-/// Says what went wrong in terms of the user's command line.
-fn describe_spawn_error(e: &io::Error, program: &str, cwd: &Path) -> String {
-    let has_path = program.contains('/');
-    match e.kind() {
-        io::ErrorKind::NotFound if has_path => {
-            format!(
+/// Says what went wrong in terms of the user's command line. For a bare program name the
+/// kernel's answer can mislead (`execvp` reports "permission denied" when any folder in
+/// `PATH` was unreadable, even if the program is nowhere), so `PATH` is searched again to
+/// name the real cause.
+fn describe_spawn_error(e: &io::Error, program: &str, spec: &LaunchSpec) -> String {
+    let not_found_or_denied = matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+    );
+    if program.contains('/') {
+        return match e.kind() {
+            io::ErrorKind::NotFound => format!(
                 "{e}: '{program}' does not exist (relative paths start at '{}')",
-                cwd.display()
-            )
-        }
-        io::ErrorKind::NotFound => format!("{e}: '{program}' was not found in PATH"),
-        io::ErrorKind::PermissionDenied => format!("{e}: '{program}' is not executable"),
-        _ => format!("{e}: cannot start '{program}'"),
+                spec.cwd.display()
+            ),
+            io::ErrorKind::PermissionDenied => format!("{e}: '{program}' is not executable"),
+            _ => format!("{e}: cannot start '{program}'"),
+        };
+    }
+    if !not_found_or_denied {
+        return format!("{e}: cannot start '{program}'");
+    }
+    let path = spec
+        .env
+        .get("PATH")
+        .cloned()
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_default();
+    match std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+    {
+        Some(found) => format!("{e}: '{}' is not executable", found.display()),
+        // Not anywhere: report it as such, whatever errno execvp ended on.
+        None => format!(
+            "{}: '{program}' was not found in PATH",
+            io::Error::from_raw_os_error(libc::ENOENT)
+        ),
     }
 }
 
