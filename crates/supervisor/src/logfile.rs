@@ -51,7 +51,9 @@ pub struct LogLine {
 
 // === impl RotatingLog ===
 
-/// The writing side: appends lines to the current file and rotates it by size.
+/// The writing side: appends lines to the current file and rotates it by size. A
+/// `max_bytes` of 0 never rotates; a `max_files` of 0 keeps no rotated file (the current
+/// one starts over). Not synchronised: the shim shares one behind a mutex.
 #[derive(Debug)]
 pub struct RotatingLog {
     settings: LogSettings,
