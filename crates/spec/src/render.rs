@@ -43,7 +43,10 @@ pub fn render_toml(system: &System) -> String {
         alert: &system.alert,
         env,
     };
-    let body = toml::to_string(&form).unwrap_or_else(|error| format!("# cannot render: {error}\n"));
+    let body = match toml::to_string(&form) {
+        Ok(text) => inline_small_tables(&text),
+        Err(error) => format!("# cannot render: {error}\n"),
+    };
     format!(
         "# The system '{}' as resolved for environment '{}', every default written out.\n\n{body}",
         system.name, system.env
@@ -55,4 +58,54 @@ pub fn render_json(system: &System) -> String {
     let mut json = serde_json::to_string_pretty(system).unwrap_or_default();
     json.push('\n');
     json
+}
+
+/// Writes each service's and alert's small tables (`health = { ... }`) inline, as people
+/// write them, and drops empty ones; the meaning is unchanged.
+fn inline_small_tables(text: &str) -> String {
+    let Ok(mut document) = text.parse::<toml_edit::DocumentMut>() else {
+        return text.to_string();
+    };
+    let inline_keys = [
+        "env",
+        "health",
+        "limits",
+        "stop",
+        "release",
+        "labels",
+        "annotations",
+    ];
+    let mut inline = |table: &mut toml_edit::Table| {
+        for key in inline_keys {
+            let Some(toml_edit::Item::Table(sub)) = table.get(key) else {
+                continue;
+            };
+            if sub.is_empty() {
+                table.remove(key);
+                continue;
+            }
+            let mut value = sub.clone().into_inline_table();
+            value.fmt();
+            table.insert(key, toml_edit::value(value));
+        }
+    };
+    if let Some(services) = document
+        .get_mut("service")
+        .and_then(|item| item.as_table_mut())
+    {
+        for (_, service) in services.iter_mut() {
+            if let Some(table) = service.as_table_mut() {
+                inline(table);
+            }
+        }
+    }
+    if let Some(alerts) = document
+        .get_mut("alert")
+        .and_then(|item| item.as_array_of_tables_mut())
+    {
+        for alert in alerts.iter_mut() {
+            inline(alert);
+        }
+    }
+    document.to_string()
 }

@@ -53,7 +53,7 @@ pub fn resolve(
     let source = SourceFile::new(file_name, text);
     let root = parse(&source)?;
     let declared = declared_environments(&root);
-    let mut analysis = analyze(&source, &root, base_dir, &[])?;
+    let mut analysis = analyze(&source, &root, base_dir, &[]);
     if !declared.iter().any(|name| name == env) {
         let list = declared.join(", ");
         let hint = match closest(env, declared.iter().map(String::as_str)) {
@@ -87,7 +87,7 @@ pub fn validate_all(
     let source = SourceFile::new(file_name, text);
     let root = parse(&source)?;
     let declared = declared_environments(&root);
-    let analysis = analyze(&source, &root, base_dir, &declared)?;
+    let analysis = analyze(&source, &root, base_dir, &declared);
     let mut diagnostics = analysis.shape;
     let shape_identities: BTreeSet<_> = diagnostics.iter().map(Diagnostic::identity).collect();
     let mut envs_by_problem: BTreeMap<_, (Diagnostic, Vec<String>)> = BTreeMap::new();
@@ -207,12 +207,7 @@ struct Analysis {
     builds: Vec<(String, System, Vec<Diagnostic>)>,
 }
 
-fn analyze(
-    source: &SourceFile<'_>,
-    root: &Table,
-    base_dir: &Path,
-    envs: &[String],
-) -> Result<Analysis, Diagnostics> {
+fn analyze(source: &SourceFile<'_>, root: &Table, base_dir: &Path, envs: &[String]) -> Analysis {
     let base_dir = normalize(base_dir);
     let mut report = Report::new(source, Phase::Shape);
     check_shape(&mut report, root, &base_dir);
@@ -223,10 +218,10 @@ fn analyze(
             (env.clone(), system, diagnostics)
         })
         .collect();
-    Ok(Analysis {
+    Analysis {
         shape: report.diagnostics,
         builds,
-    })
+    }
 }
 
 /// Phase one: every table as written.
