@@ -75,7 +75,7 @@ fn inline_small_tables(text: &str) -> String {
         "labels",
         "annotations",
     ];
-    let mut inline = |table: &mut toml_edit::Table| {
+    let inline = |table: &mut toml_edit::Table| {
         for key in inline_keys {
             let Some(toml_edit::Item::Table(sub)) = table.get(key) else {
                 continue;
