@@ -12,4 +12,5 @@ pub mod health;
 pub mod launch;
 pub mod logfile;
 pub mod procfs;
+pub mod runtime;
 pub mod shim;
