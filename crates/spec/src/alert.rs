@@ -43,6 +43,48 @@ pub(crate) fn check_promql(expr: &str) -> Result<(), String> {
     promql_parser::parser::parse(expr).map(|_| ())
 }
 
+/// Where in `expr` the parser's error is, for the errors whose place is certain: an
+/// unclosed or unmatched bracket. The parser reports no positions itself.
+pub(crate) fn promql_error_offset(expr: &str, message: &str) -> Option<usize> {
+    let (open, close) = if message.contains("parenthesis") {
+        ('(', ')')
+    } else if message.contains("inside braces") && message.contains("end of input") {
+        ('{', '}')
+    } else {
+        return None;
+    };
+    let mut unclosed = Vec::new();
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (offset, c) in expr.char_indices() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' && q != '`' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' | '`' => quote = Some(c),
+            '#' => break,
+            c if c == open => unclosed.push(offset),
+            c if c == close => {
+                if unclosed.pop().is_none() {
+                    return message.contains("unexpected right").then_some(offset);
+                }
+            }
+            _ => {}
+        }
+    }
+    unclosed
+        .last()
+        .copied()
+        .filter(|_| !message.contains("unexpected right"))
+}
+
 /// The hint shown under a PromQL error.
 pub(crate) const PROMQL_HINT: &str =
     "fix the PromQL expression; `tandem query EXPR` tries one against a running server";
@@ -93,8 +135,14 @@ pub(crate) fn read_alert(
             if let Some(expr) = expr
                 && let Err(message) = check_promql(expr)
             {
+                let source = report.source.text;
+                let span = promql_error_offset(expr, &message)
+                    .and_then(|offset| {
+                        crate::check::offset_in_string(source, &entry.node, expr, offset)
+                    })
+                    .map_or(entry.node.span.clone(), |start| start..start + 1);
                 report.value_error(
-                    entry.node.span.clone(),
+                    span,
                     format!("invalid PromQL in 'expr': {message}"),
                     PROMQL_HINT,
                 );
@@ -191,5 +239,14 @@ mod tests {
         assert!(check_promql("up{service=\"api\"} == 0").is_ok());
         assert!(check_promql("rate(up[5m]").is_err());
         assert!(check_promql(" ").is_err());
+    }
+
+    #[test]
+    fn promql_error_places() {
+        let at = |expr: &str| promql_error_offset(expr, &check_promql(expr).unwrap_err());
+        assert_eq!(at("sum(rate(x[5m])"), Some(3));
+        assert_eq!(at("up{a=\"(\"} == 0)"), Some(14));
+        assert_eq!(at("up{a=\"b\""), Some(2));
+        assert_eq!(at("up =="), None);
     }
 }

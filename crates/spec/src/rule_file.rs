@@ -7,7 +7,7 @@
 //! for syntax and shape errors; for problems found afterwards the position is recovered by
 //! finding the offending key in the text, scanning rules in document order.
 
-use crate::alert::{PROMQL_HINT, check_promql, is_label_name, is_metric_name};
+use crate::alert::{PROMQL_HINT, check_promql, is_label_name, is_metric_name, promql_error_offset};
 use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::units::Dur;
 use serde::Deserialize;
@@ -301,7 +301,13 @@ impl RuleChecker<'_> {
             ),
             Some(expr) => {
                 if let Err(message) = check_promql(expr) {
-                    let span = expr_span.clone().unwrap_or(anchor.clone());
+                    let mut span = expr_span.clone().unwrap_or(anchor.clone());
+                    // When the expression is written whole on its line, point inside it.
+                    if self.source.text.get(span.clone()) == Some(expr.as_str())
+                        && let Some(offset) = promql_error_offset(expr, &message)
+                    {
+                        span = span.start + offset..span.start + offset + 1;
+                    }
                     self.error(
                         span,
                         format!("invalid PromQL in 'expr': {message}"),
@@ -478,6 +484,6 @@ mod tests {
         let text = "groups:\n  - name: api\n    rules:\n      - alert: A\n        expr: up == 0\n      - alert: B\n        expr: rate(up[5m]\n";
         let diagnostics = check_rule_file("r.yml", text);
         assert_eq!(diagnostics.len(), 1);
-        assert_eq!((diagnostics[0].line, diagnostics[0].col), (7, 15));
+        assert_eq!((diagnostics[0].line, diagnostics[0].col), (7, 19));
     }
 }
