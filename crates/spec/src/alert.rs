@@ -71,10 +71,8 @@ pub(crate) fn promql_error_offset(expr: &str, message: &str) -> Option<usize> {
             '"' | '\'' | '`' => quote = Some(c),
             '#' => break,
             c if c == open => unclosed.push(offset),
-            c if c == close => {
-                if unclosed.pop().is_none() {
-                    return message.contains("unexpected right").then_some(offset);
-                }
+            c if c == close && unclosed.pop().is_none() => {
+                return message.contains("unexpected right").then_some(offset);
             }
             _ => {}
         }
