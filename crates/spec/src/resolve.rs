@@ -470,7 +470,7 @@ fn read_server(
             report.value_error(
                 listen.node.span.clone(),
                 format!("listen address '{address}' is not HOST:PORT"),
-                "write it like \"127.0.0.1:7300\" (port from 1 to 65535)",
+                "write it like \"127.0.0.1:7300\" (port from 0 to 65535; 0 takes any free port)",
             );
         }
         listen_span = Some(listen.node.span.clone());
@@ -500,11 +500,11 @@ fn read_server_url(report: &mut Report<'_>, entry: &Entry, section: &str) -> Opt
     Some(url.to_string())
 }
 
-/// The port of a `HOST:PORT` listen address.
+/// The port of a `HOST:PORT` listen address (0: any free port, chosen when the server starts).
 fn listen_port(address: &str) -> Option<u16> {
     let (host, port) = address.rsplit_once(':')?;
     let port: u16 = port.parse().ok()?;
-    (!host.is_empty() && port > 0).then_some(port)
+    (!host.is_empty()).then_some(port)
 }
 
 fn read_alerts(report: &mut Report<'_>, entry: &Entry, section: &str) -> Vec<(AlertRule, Span)> {
