@@ -35,7 +35,10 @@ const DEPENDENCY_WAIT: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("{message}")]
-    Failed { message: String, revision: Option<u64> },
+    Failed {
+        message: String,
+        revision: Option<u64>,
+    },
     #[error("cannot read or write the revision store: {0}")]
     Store(#[from] tandem_store::StoreError),
 }
@@ -195,7 +198,10 @@ impl Engine {
         let plan = self.plan_against(&system, live.as_ref());
         if plan.same_as_live && !plan.services.iter().any(|s| s.action.touches()) {
             let number = live.as_ref().map(|l| l.number).unwrap_or(0);
-            say(&progress, format!("no changes: revision {number} is live and running"));
+            say(
+                &progress,
+                format!("no changes: revision {number} is live and running"),
+            );
             return Ok(ApplyResult {
                 revision: number,
                 new_revision: false,
@@ -206,7 +212,9 @@ impl Engine {
         let (number, new_revision) = match (&live, plan.same_as_live) {
             (Some(l), true) => (l.number, false),
             _ => {
-                let rev = self.store.begin_revision(&self.env, &system, &plan.hash, &provenance)?;
+                let rev = self
+                    .store
+                    .begin_revision(&self.env, &system, &plan.hash, &provenance)?;
                 (rev.number, true)
             }
         };
@@ -229,12 +237,16 @@ impl Engine {
                 format!("revision {number} is live; starting what is missing")
             },
         );
-        match self.execute(&system, number, &plan.services, &progress).await {
+        match self
+            .execute(&system, number, &plan.services, &progress)
+            .await
+        {
             Ok(started_ids) => {
                 if new_revision {
                     self.store.mark_live(&self.env, number)?;
                 }
-                self.switch_over(&system, &plan.services, &started_ids, &progress).await;
+                self.switch_over(&system, &plan.services, &started_ids, &progress)
+                    .await;
                 let ms = started.elapsed().as_millis() as u64;
                 self.emit(
                     EventKind::RevisionApplied,
@@ -252,14 +264,18 @@ impl Engine {
             }
             Err((message, started_ids, recreated)) => {
                 say(&progress, format!("apply failed: {message}"));
-                say(&progress, "stopping what this apply started; the previous state keeps running");
+                say(
+                    &progress,
+                    "stopping what this apply started; the previous state keeps running",
+                );
                 let stops = started_ids.iter().map(|id| self.runtime.stop(id));
                 join_all(stops).await;
                 self.close_unserved_ports();
-                if !recreated.is_empty() {
-                    if let Some(l) = &live {
-                        self.restore_services(&l.system, l.number, &recreated, &progress).await;
-                    }
+                if !recreated.is_empty()
+                    && let Some(l) = &live
+                {
+                    self.restore_services(&l.system, l.number, &recreated, &progress)
+                        .await;
                 }
                 if new_revision {
                     self.store.mark_failed(&self.env, number, &message)?;
@@ -324,7 +340,9 @@ impl Engine {
         for layer in tandem_spec::start_order(system) {
             let mut waits = Vec::new();
             for name in &layer {
-                let Some(plan) = actions.get(name.as_str()) else { continue };
+                let Some(plan) = actions.get(name.as_str()) else {
+                    continue;
+                };
                 let template = &templates[name];
                 let service = &system.service[name];
                 for dep in &service.depends_on {
@@ -339,26 +357,36 @@ impl Engine {
                 let existing = self.runtime.instances_of(name);
                 let indexes: Vec<u32> = match &plan.action {
                     ServiceAction::Keep | ServiceAction::Remove => continue,
-                    ServiceAction::Start | ServiceAction::Replace => (0..service.replicas).collect(),
+                    ServiceAction::Start | ServiceAction::Replace => {
+                        (0..service.replicas).collect()
+                    }
                     ServiceAction::Scale { .. } | ServiceAction::Restore => {
                         let have: BTreeSet<u32> = existing
                             .iter()
                             .filter(|(_, _, t)| *t == template.hash)
                             .map(|(_, i, _)| *i)
                             .collect();
-                        (0..service.replicas).filter(|i| !have.contains(i)).collect()
+                        (0..service.replicas)
+                            .filter(|i| !have.contains(i))
+                            .collect()
                     }
                 };
                 if matches!(plan.action, ServiceAction::Replace)
                     && matches!(service.release, Some(Release::Recreate))
                     && !existing.is_empty()
                 {
-                    say(progress, format!("{name}: stopping the old instances first (release = recreate)"));
+                    say(
+                        progress,
+                        format!("{name}: stopping the old instances first (release = recreate)"),
+                    );
                     join_all(existing.iter().map(|(id, _, _)| self.runtime.stop(id))).await;
                     recreated.push(name.clone());
                 }
                 if !indexes.is_empty() {
-                    say(progress, format!("{name}: starting {} instance(s)", indexes.len()));
+                    say(
+                        progress,
+                        format!("{name}: starting {} instance(s)", indexes.len()),
+                    );
                 }
                 for index in indexes {
                     let request = instance_request(template, name, revision, index);
@@ -432,10 +460,10 @@ impl Engine {
                     if current.is_some_and(|a| a != addr) {
                         self.proxy.close(name);
                     }
-                    if current != Some(addr) {
-                        if let Err(e) = self.proxy.listen(name, addr).await {
-                            say(progress, format!("{name}: {e}"));
-                        }
+                    if current != Some(addr)
+                        && let Err(e) = self.proxy.listen(name, addr).await
+                    {
+                        say(progress, format!("{name}: {e}"));
                     }
                 } else if self.proxy.listening().iter().any(|(s, _)| s == name) {
                     self.proxy.close(name);
@@ -483,7 +511,10 @@ impl Engine {
             }
         }
         // Stop old instances in reverse dependency order, one layer at a time.
-        let mut order: Vec<String> = tandem_spec::start_order(system).into_iter().flatten().collect();
+        let mut order: Vec<String> = tandem_spec::start_order(system)
+            .into_iter()
+            .flatten()
+            .collect();
         order.reverse();
         let removed: Vec<String> = plans
             .iter()
@@ -501,7 +532,10 @@ impl Engine {
             if ids.is_empty() {
                 continue;
             }
-            say(progress, format!("{service}: stopping {} old instance(s)", ids.len()));
+            say(
+                progress,
+                format!("{service}: stopping {} old instance(s)", ids.len()),
+            );
             join_all(ids.iter().map(|id| self.runtime.stop(id))).await;
         }
         // Leftovers of services in neither list (should not happen, but never leak).
@@ -523,12 +557,18 @@ impl Engine {
     ) {
         let templates = desired_templates(system, &self.env);
         for name in services {
-            let (Some(template), Some(service)) = (templates.get(name), system.service.get(name)) else {
+            let (Some(template), Some(service)) = (templates.get(name), system.service.get(name))
+            else {
                 continue;
             };
-            say(progress, format!("{name}: starting the previous revision's instances again"));
+            say(
+                progress,
+                format!("{name}: starting the previous revision's instances again"),
+            );
             for index in 0..service.replicas {
-                let _ = self.runtime.start(instance_request(template, name, revision, index));
+                let _ = self
+                    .runtime
+                    .start(instance_request(template, name, revision, index));
             }
         }
         self.reset_routing(system);
@@ -620,7 +660,10 @@ impl Engine {
             );
         }
         let reattached = self.runtime.reattach_all();
-        say(&progress, format!("re-attached to {} instance(s)", reattached.len()));
+        say(
+            &progress,
+            format!("re-attached to {} instance(s)", reattached.len()),
+        );
         let Some(live) = self.store.live(&self.env)? else {
             // Nothing was ever live: whatever runs belongs to a failed first apply.
             join_all(reattached.iter().map(|id| self.runtime.stop(id))).await;
@@ -628,11 +671,18 @@ impl Engine {
         };
         self.reset_routing(&live.system);
         let plan = self.plan_against(&live.system, Some(&live));
-        if let Err((message, _, _)) = self.execute(&live.system, live.number, &plan.services, &progress).await {
-            say(&progress, format!("recovery could not start everything: {message}"));
+        if let Err((message, _, _)) = self
+            .execute(&live.system, live.number, &plan.services, &progress)
+            .await
+        {
+            say(
+                &progress,
+                format!("recovery could not start everything: {message}"),
+            );
         }
         let empty: Vec<String> = Vec::new();
-        self.switch_over(&live.system, &plan.services, &empty, &progress).await;
+        self.switch_over(&live.system, &plan.services, &empty, &progress)
+            .await;
         Ok(())
     }
 
@@ -642,7 +692,12 @@ impl Engine {
         let live = self.store.live(&self.env)?;
         let mut order: Vec<String> = live
             .as_ref()
-            .map(|l| tandem_spec::start_order(&l.system).into_iter().flatten().collect())
+            .map(|l| {
+                tandem_spec::start_order(&l.system)
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            })
             .unwrap_or_default();
         order.reverse();
         for service in self.runtime.services() {
@@ -663,7 +718,10 @@ impl Engine {
             if ids.is_empty() {
                 continue;
             }
-            say(&progress, format!("{service}: stopping {} instance(s)", ids.len()));
+            say(
+                &progress,
+                format!("{service}: stopping {} instance(s)", ids.len()),
+            );
             join_all(ids.iter().map(|id| self.runtime.stop(id))).await;
         }
         let mut routing = self.routing.lock().expect("routing lock");
@@ -676,7 +734,10 @@ impl Engine {
     pub fn restart(&self, service: &str) -> Result<usize, String> {
         let ids = self.runtime.instances_of(service);
         if ids.is_empty() {
-            return Err(format!("service '{service}' has no instances in {}", self.env));
+            return Err(format!(
+                "service '{service}' has no instances in {}",
+                self.env
+            ));
         }
         for (id, _, _) in &ids {
             self.runtime.restart(id).map_err(|e| e.to_string())?;
@@ -701,7 +762,12 @@ impl Engine {
             for (name, s) in &l.system.service {
                 services.insert(
                     name.clone(),
-                    ServiceStatus { name: name.clone(), port: s.port, replicas: s.replicas, instances: Vec::new() },
+                    ServiceStatus {
+                        name: name.clone(),
+                        port: s.port,
+                        replicas: s.replicas,
+                        instances: Vec::new(),
+                    },
                 );
             }
         }
@@ -722,7 +788,11 @@ impl Engine {
 
     /// The last `n` lines an instance wrote.
     fn log_tail(&self, service: &str, id: &str, n: usize) -> Vec<String> {
-        let path = self.runtime.logs_dir().join(service).join(format!("{id}.log"));
+        let path = self
+            .runtime
+            .logs_dir()
+            .join(service)
+            .join(format!("{id}.log"));
         match tandem_supervisor::logfile::read_all(&path) {
             Ok(lines) => {
                 let skip = lines.len().saturating_sub(n);
@@ -753,7 +823,12 @@ impl Engine {
     }
 }
 
-fn instance_request(template: &ServiceTemplate, name: &str, revision: u64, index: u32) -> InstanceRequest {
+fn instance_request(
+    template: &ServiceTemplate,
+    name: &str,
+    revision: u64,
+    index: u32,
+) -> InstanceRequest {
     let s = &template.service;
     InstanceRequest {
         service: name.to_string(),

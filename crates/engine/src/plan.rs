@@ -24,7 +24,13 @@ pub struct ServiceTemplate {
 pub fn env_prefix(service: &str) -> String {
     service
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -58,7 +64,14 @@ pub fn desired_templates(system: &System, env_name: &str) -> BTreeMap<String, Se
             hasher.update(serde_json::to_vec(&process_view).unwrap_or_default());
             hasher.update(serde_json::to_vec(&env).unwrap_or_default());
             let hash = hex::encode(&hasher.finalize()[..12]);
-            (name.clone(), ServiceTemplate { service: service.clone(), env, hash })
+            (
+                name.clone(),
+                ServiceTemplate {
+                    service: service.clone(),
+                    env,
+                    hash,
+                },
+            )
         })
         .collect()
 }
@@ -92,7 +105,11 @@ pub fn plan_services(
             match live_service {
                 None => ServiceAction::Start,
                 Some(_) if because.iter().all(|p| !changes_process(p)) => {
-                    if service.replicas == 0 { ServiceAction::Keep } else { ServiceAction::Restore }
+                    if service.replicas == 0 {
+                        ServiceAction::Keep
+                    } else {
+                        ServiceAction::Restore
+                    }
                 }
                 Some(_) => ServiceAction::Replace,
             }
@@ -101,13 +118,18 @@ pub fn plan_services(
         } else if matching.len() as u32 == service.replicas && !strays {
             ServiceAction::Keep
         } else {
-            let from = live_service.map(|l| l.replicas).unwrap_or(matching.len() as u32);
+            let from = live_service
+                .map(|l| l.replicas)
+                .unwrap_or(matching.len() as u32);
             if from == service.replicas && !strays {
                 ServiceAction::Restore
             } else if strays && instances.iter().any(|(_, _, h)| *h != template.hash) {
                 ServiceAction::Replace
             } else {
-                ServiceAction::Scale { from, to: service.replicas }
+                ServiceAction::Scale {
+                    from,
+                    to: service.replicas,
+                }
             }
         };
         let blast_radius = if matches!(action, ServiceAction::Replace | ServiceAction::Start) {
@@ -120,7 +142,12 @@ pub fn plan_services(
         } else {
             because
         };
-        plans.push(ServicePlan { name: name.clone(), action, because, blast_radius });
+        plans.push(ServicePlan {
+            name: name.clone(),
+            action,
+            because,
+            blast_radius,
+        });
     }
     let mut gone: BTreeSet<String> = running
         .iter()
@@ -134,7 +161,9 @@ pub fn plan_services(
         if system.service.contains_key(&name) {
             continue;
         }
-        let blast_radius = live.map(|l| tandem_spec::dependents(l, &name)).unwrap_or_default();
+        let blast_radius = live
+            .map(|l| tandem_spec::dependents(l, &name))
+            .unwrap_or_default();
         plans.push(ServicePlan {
             name,
             action: ServiceAction::Remove,
@@ -166,7 +195,11 @@ fn service_field_changes(name: &str, old: &Service, new: &Service) -> Vec<String
 pub fn field_changes(old: &System, new: &System) -> Vec<FieldChange> {
     tandem_spec::diff(old, new)
         .into_iter()
-        .map(|c| FieldChange { path: c.path, old: c.old, new: c.new })
+        .map(|c| FieldChange {
+            path: c.path,
+            old: c.old,
+            new: c.new,
+        })
         .collect()
 }
 

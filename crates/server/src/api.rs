@@ -15,8 +15,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
 use tandem_api::{
-    ApplyMessage, ApplyRequest, ErrorBody, Event, EventKind, LogEntry, NoteRequest,
-    StatusResponse, now_ms,
+    ApplyMessage, ApplyRequest, ErrorBody, Event, EventKind, LogEntry, NoteRequest, StatusResponse,
+    now_ms,
 };
 use tandem_store::EventFilter;
 use tokio::sync::mpsc;
@@ -35,7 +35,10 @@ pub(crate) fn router(state: Arc<AppState>, needs_token: bool) -> Router {
         .route("/v1/notes", post(note))
         .route("/v1/logs", get(logs_route));
     let routes = if needs_token {
-        routes.layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::require_token))
+        routes.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_token,
+        ))
     } else {
         routes
     };
@@ -43,14 +46,23 @@ pub(crate) fn router(state: Arc<AppState>, needs_token: bool) -> Router {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(ErrorBody { error: message.into() })).into_response()
+    (
+        status,
+        Json(ErrorBody {
+            error: message.into(),
+        }),
+    )
+        .into_response()
 }
 
 fn ndjson_response(rx: mpsc::Receiver<String>) -> Response {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|line| (Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line + "\n")), rx))
+        rx.recv().await.map(|line| {
+            (
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line + "\n")),
+                rx,
+            )
+        })
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
@@ -113,7 +125,8 @@ async fn apply(State(state): State<Arc<AppState>>, Json(request): Json<ApplyRequ
         };
         if !*recovered.borrow() {
             send(ApplyMessage::Progress {
-                message: "waiting for the server to finish re-attaching to running instances".into(),
+                message: "waiting for the server to finish re-attaching to running instances"
+                    .into(),
             })
             .await;
             let _ = recovered.wait_for(|r| *r).await;
@@ -123,18 +136,25 @@ async fn apply(State(state): State<Arc<AppState>>, Json(request): Json<ApplyRequ
             let tx = tx.clone();
             tokio::spawn(async move {
                 while let Some(message) = prx.recv().await {
-                    let line = serde_json::to_string(&ApplyMessage::Progress { message }).unwrap_or_default();
+                    let line = serde_json::to_string(&ApplyMessage::Progress { message })
+                        .unwrap_or_default();
                     let _ = tx.send(line).await;
                 }
             })
         };
         // The apply runs to its end even when the client goes away.
-        let result = engine.apply(request.system, request.provenance, Some(ptx)).await;
+        let result = engine
+            .apply(request.system, request.provenance, Some(ptx))
+            .await;
         let _ = forward.await;
         match result {
             Ok(done) => send(ApplyMessage::Done(done)).await,
             Err(e) => {
-                send(ApplyMessage::Failed { revision: e.revision(), error: e.to_string() }).await
+                send(ApplyMessage::Failed {
+                    revision: e.revision(),
+                    error: e.to_string(),
+                })
+                .await
             }
         }
     });
@@ -151,7 +171,8 @@ async fn down(State(state): State<Arc<AppState>>) -> Response {
             let tx = tx.clone();
             tokio::spawn(async move {
                 while let Some(message) = prx.recv().await {
-                    let line = serde_json::to_string(&ApplyMessage::Progress { message }).unwrap_or_default();
+                    let line = serde_json::to_string(&ApplyMessage::Progress { message })
+                        .unwrap_or_default();
                     let _ = tx.send(line).await;
                 }
             })
@@ -200,7 +221,9 @@ async fn revision(State(state): State<Arc<AppState>>, Path(number): Path<String>
             Err(_) => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    format!("'{number}' is not a revision number; use a number from `tandem history` or 'live'"),
+                    format!(
+                        "'{number}' is not a revision number; use a number from `tandem history` or 'live'"
+                    ),
                 );
             }
         }
@@ -209,7 +232,10 @@ async fn revision(State(state): State<Arc<AppState>>, Path(number): Path<String>
         Ok(Some(r)) => Json(r).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
-            format!("revision {number} does not exist in {}; `tandem history` lists them", state.env),
+            format!(
+                "revision {number} does not exist in {}; `tandem history` lists them",
+                state.env
+            ),
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -266,7 +292,12 @@ struct LogsQuery {
 async fn logs_route(State(state): State<Arc<AppState>>, Query(q): Query<LogsQuery>) -> Response {
     let services: Vec<String> = q
         .service
-        .map(|s| s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect())
+        .map(|s| {
+            s.split(',')
+                .filter(|x| !x.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
     let logs_dir = state.engine.runtime().logs_dir().to_path_buf();
     if let Some(unknown) = services.iter().find(|s| !logs_dir.join(s).is_dir()) {
@@ -279,7 +310,10 @@ async fn logs_route(State(state): State<Arc<AppState>>, Query(q): Query<LogsQuer
         if !q.follow {
             return error(
                 StatusCode::NOT_FOUND,
-                format!("service '{unknown}' has no logs; services with logs: {}", known.join(", ")),
+                format!(
+                    "service '{unknown}' has no logs; services with logs: {}",
+                    known.join(", ")
+                ),
             );
         }
     }
@@ -287,7 +321,11 @@ async fn logs_route(State(state): State<Arc<AppState>>, Query(q): Query<LogsQuer
     tokio::spawn(async move {
         let stored = logs::read_merged(&logs_dir, &services, q.since_ms, q.tail);
         for e in stored {
-            if tx.send(serde_json::to_string(&e).unwrap_or_default()).await.is_err() {
+            if tx
+                .send(serde_json::to_string(&e).unwrap_or_default())
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -295,7 +333,11 @@ async fn logs_route(State(state): State<Arc<AppState>>, Query(q): Query<LogsQuer
             let (etx, mut erx) = mpsc::channel::<LogEntry>(256);
             tokio::spawn(logs::follow(logs_dir, services, etx));
             while let Some(e) = erx.recv().await {
-                if tx.send(serde_json::to_string(&e).unwrap_or_default()).await.is_err() {
+                if tx
+                    .send(serde_json::to_string(&e).unwrap_or_default())
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -65,7 +65,9 @@ pub struct DirLock {
 
 impl DataDir {
     pub fn new(root: &Path) -> DataDir {
-        DataDir { root: root.to_path_buf() }
+        DataDir {
+            root: root.to_path_buf(),
+        }
     }
     pub fn root(&self) -> &Path {
         &self.root
@@ -167,7 +169,9 @@ impl DataDir {
     }
 
     pub fn read_token(&self) -> io::Result<String> {
-        Ok(std::fs::read_to_string(self.token_file())?.trim().to_string())
+        Ok(std::fs::read_to_string(self.token_file())?
+            .trim()
+            .to_string())
     }
 
     pub fn write_record(&self, record: &ServerRecord) -> io::Result<()> {
@@ -185,7 +189,10 @@ impl DataDir {
 
     /// A cgroup name unique to this environment and directory, e.g. `dev-3f2a9c10`.
     pub fn cgroup_name(&self, env: &str) -> String {
-        let canonical = self.root.canonicalize().unwrap_or_else(|_| self.root.clone());
+        let canonical = self
+            .root
+            .canonicalize()
+            .unwrap_or_else(|_| self.root.clone());
         let mut h: u32 = 2166136261;
         for b in canonical.as_os_str().as_encoded_bytes() {
             h ^= u32::from(*b);

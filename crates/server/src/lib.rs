@@ -41,10 +41,19 @@ pub struct ServerConfig {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("another tandem server already runs for {env} in {dir} (pid {pid}); use it, or stop it with `tandem down`")]
-    AlreadyRunning { env: String, dir: String, pid: String },
+    #[error(
+        "another tandem server already runs for {env} in {dir} (pid {pid}); use it, or stop it with `tandem down`"
+    )]
+    AlreadyRunning {
+        env: String,
+        dir: String,
+        pid: String,
+    },
     #[error("cannot listen on {addr}: {source}; choose another `[server] listen` address")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("`[server] listen = \"{0}\"` is not a host:port address")]
     BadListen(String),
     #[error("{0}")]
@@ -67,12 +76,15 @@ pub(crate) struct AppState {
 /// Runs the server until `POST /v1/down` or SIGTERM/SIGINT.
 pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     let dir = DataDir::new(&config.data_dir);
-    dir.create().map_err(|e| ServerError::Io(format!("cannot create {}: {e}", dir.root().display())))?;
-    let _lock = dir.lock_exclusive().map_err(|pid| ServerError::AlreadyRunning {
-        env: config.env.clone(),
-        dir: dir.root().display().to_string(),
-        pid,
-    })?;
+    dir.create()
+        .map_err(|e| ServerError::Io(format!("cannot create {}: {e}", dir.root().display())))?;
+    let _lock = dir
+        .lock_exclusive()
+        .map_err(|pid| ServerError::AlreadyRunning {
+            env: config.env.clone(),
+            dir: dir.root().display().to_string(),
+            pid,
+        })?;
     let token = dir
         .read_or_create_token()
         .map_err(|e| ServerError::Io(format!("cannot create the token file: {e}")))?;
@@ -96,7 +108,13 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         tracing::warn!("{w}");
     }
     let proxy = tandem_proxy::Proxy::new();
-    let engine = Engine::new(&config.env, store.clone(), runtime.clone(), proxy, recorder.clone());
+    let engine = Engine::new(
+        &config.env,
+        store.clone(),
+        runtime.clone(),
+        proxy,
+        recorder.clone(),
+    );
 
     // Listeners: the Unix socket first (the CLI waits for it), then HTTP.
     let socket_path = dir.socket_file();
@@ -135,10 +153,14 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         recovered: recovered_rx,
         env: config.env.clone(),
     });
-    recorder.emit_server(&config.env, EventKind::ServerStarted, format!(
-        "server started (pid {}, listening on {listen_addr})",
-        info.pid
-    ));
+    recorder.emit_server(
+        &config.env,
+        EventKind::ServerStarted,
+        format!(
+            "server started (pid {}, listening on {listen_addr})",
+            info.pid
+        ),
+    );
 
     // Recover before any apply runs; status is served meanwhile.
     {
@@ -161,7 +183,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
                 tick.tick().await;
                 runtime.sample_cpu();
                 n += 1;
-                if n % 30 == 0 {
+                if n.is_multiple_of(30) {
                     logs::prune_old_logs(&logs, 20);
                 }
             }
@@ -180,11 +202,14 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
             .await;
     });
     let tcp_server = tokio::spawn(async move {
-        let _ = axum::serve(tcp, tcp_app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = stop_tcp.wait_for(|s| *s).await;
-            })
-            .await;
+        let _ = axum::serve(
+            tcp,
+            tcp_app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop_tcp.wait_for(|s| *s).await;
+        })
+        .await;
     });
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -197,7 +222,11 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         _ = sigint.recv() => { tracing::info!("SIGINT: the server stops; services keep running"); }
     }
     let _ = shutdown_tx.send(true);
-    recorder.emit_server(&config.env, EventKind::ServerStopped, "server stopped".to_string());
+    recorder.emit_server(
+        &config.env,
+        EventKind::ServerStopped,
+        "server stopped".to_string(),
+    );
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         let _ = unix_server.await;
         let _ = tcp_server.await;
@@ -211,10 +240,15 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
 /// Binds the HTTP listener: the configured address, or 127.0.0.1:7300 and up when none is.
 async fn bind_http(listen: Option<&str>) -> Result<(TcpListener, SocketAddr), ServerError> {
     if let Some(text) = listen {
-        let addr: SocketAddr = text.parse().map_err(|_| ServerError::BadListen(text.to_string()))?;
+        let addr: SocketAddr = text
+            .parse()
+            .map_err(|_| ServerError::BadListen(text.to_string()))?;
         let l = TcpListener::bind(addr)
             .await
-            .map_err(|source| ServerError::Listen { addr: text.to_string(), source })?;
+            .map_err(|source| ServerError::Listen {
+                addr: text.to_string(),
+                source,
+            })?;
         let local = l.local_addr().map_err(|e| ServerError::Io(e.to_string()))?;
         return Ok((l, local));
     }

@@ -20,7 +20,9 @@ pub(crate) fn log_files(logs_dir: &Path, services: &[String]) -> Vec<(String, St
         if !services.is_empty() && !services.contains(&service) {
             continue;
         }
-        let Ok(files) = std::fs::read_dir(entry.path()) else { continue };
+        let Ok(files) = std::fs::read_dir(entry.path()) else {
+            continue;
+        };
         for f in files.flatten() {
             let path = f.path();
             if path.extension().is_some_and(|e| e == "log") {
@@ -82,16 +84,20 @@ pub(crate) async fn follow(logs_dir: PathBuf, services: Vec<String>, tx: mpsc::S
     let mut followers: BTreeMap<PathBuf, (String, String, LogFollower)> = BTreeMap::new();
     // Files present now are followed from their end; files that appear later from their start.
     for (service, instance, path) in log_files(&logs_dir, &services) {
-        { let f = LogFollower::from_end(&path);
+        {
+            let f = LogFollower::from_end(&path);
             followers.insert(path, (service, instance, f));
         }
     }
     let mut tick: u32 = 0;
     loop {
-        if tick % 4 == 0 {
+        if tick.is_multiple_of(4) {
             for (service, instance, path) in log_files(&logs_dir, &services) {
                 if !followers.contains_key(&path) {
-                    followers.insert(path.clone(), (service, instance, LogFollower::new(&path, 0)));
+                    followers.insert(
+                        path.clone(),
+                        (service, instance, LogFollower::new(&path, 0)),
+                    );
                 }
             }
         }
@@ -119,9 +125,13 @@ pub(crate) async fn follow(logs_dir: PathBuf, services: Vec<String>, tx: mpsc::S
 
 /// Keeps the logs of at most `keep` instances per service (the newest), deleting older ones.
 pub(crate) fn prune_old_logs(logs_dir: &Path, keep: usize) {
-    let Ok(services) = std::fs::read_dir(logs_dir) else { return };
+    let Ok(services) = std::fs::read_dir(logs_dir) else {
+        return;
+    };
     for service in services.flatten() {
-        let Ok(files) = std::fs::read_dir(service.path()) else { continue };
+        let Ok(files) = std::fs::read_dir(service.path()) else {
+            continue;
+        };
         let mut current: Vec<(std::time::SystemTime, PathBuf)> = files
             .flatten()
             .map(|f| f.path())
@@ -139,7 +149,10 @@ pub(crate) fn prune_old_logs(logs_dir: &Path, keep: usize) {
         current.sort();
         let excess = current.len() - keep;
         for (_, path) in current.into_iter().take(excess) {
-            let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             if let Ok(siblings) = std::fs::read_dir(service.path()) {
                 for s in siblings.flatten() {
                     if s.file_name().to_string_lossy().starts_with(&name) {

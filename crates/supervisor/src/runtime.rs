@@ -406,19 +406,19 @@ impl Runtime {
     }
 
     fn memory_of(&self, id: &str, pid: i32) -> (Option<u64>, Option<u64>) {
-        if let Some(cg) = self.cgroups.open(&self.cgroup_group(id)) {
-            if let Some(usage) = cg.memory_usage_bytes() {
-                return (Some(usage), cg.memory_limit_bytes());
-            }
+        if let Some(cg) = self.cgroups.open(&self.cgroup_group(id))
+            && let Some(usage) = cg.memory_usage_bytes()
+        {
+            return (Some(usage), cg.memory_limit_bytes());
         }
         (Some(procfs::process_group_stats(pid).rss_bytes), None)
     }
 
     fn cpu_seconds_of(&self, id: &str, pid: i32) -> f64 {
-        if let Some(cg) = self.cgroups.open(&self.cgroup_group(id)) {
-            if let Some(s) = cg.cpu_usage_seconds() {
-                return s;
-            }
+        if let Some(cg) = self.cgroups.open(&self.cgroup_group(id))
+            && let Some(s) = cg.cpu_usage_seconds()
+        {
+            return s;
         }
         procfs::process_group_stats(pid).cpu_seconds
     }
@@ -545,14 +545,14 @@ impl InstanceSupervisor {
             self.finish_stopped();
             return;
         }
-        if let Some(state) = self.meta.parked_state {
-            if !matches!(attach, Some(Attach::Running { .. })) {
-                let reason = self.meta.parked_reason.clone();
-                if self.park(state, reason).await {
-                    return;
-                }
-                attach = None;
+        if let Some(state) = self.meta.parked_state
+            && !matches!(attach, Some(Attach::Running { .. }))
+        {
+            let reason = self.meta.parked_reason.clone();
+            if self.park(state, reason).await {
+                return;
             }
+            attach = None;
         }
         let mut quick_crashes: u32 = 0;
         loop {
@@ -568,11 +568,11 @@ impl InstanceSupervisor {
                 }
                 Some(Attach::Exited { exit, .. }) => (RunEnd::Exited(exit), Duration::ZERO),
                 Some(Attach::Lost { child }) => {
-                    if let Some(c) = child {
-                        if procfs::is_same_process(c.pid, c.start_ticks) {
-                            // SAFETY: kill(2) with a negative pid signals the process group.
-                            unsafe { libc::kill(-c.pid, libc::SIGKILL) };
-                        }
+                    if let Some(c) = child
+                        && procfs::is_same_process(c.pid, c.start_ticks)
+                    {
+                        // SAFETY: kill(2) with a negative pid signals the process group.
+                        unsafe { libc::kill(-c.pid, libc::SIGKILL) };
                     }
                     let exit = ExitRecord {
                         code: None,
@@ -682,20 +682,16 @@ impl InstanceSupervisor {
                         format!("restarting {} in {} ms", self.meta.id, delay.as_millis()),
                     );
                     let _ = write_meta(&self.dir, &self.meta);
-                    let sleep = tokio::time::sleep(delay);
-                    tokio::pin!(sleep);
-                    loop {
-                        tokio::select! {
-                            _ = &mut sleep => break,
-                            msg = self.control.recv() => match msg {
-                                Some(Control::Stop(reply)) => {
-                                    self.finish_stopped();
-                                    let _ = reply.send(());
-                                    return;
-                                }
-                                Some(Control::Restart) => { quick_crashes = 0; break }
-                                None => return,
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        msg = self.control.recv() => match msg {
+                            Some(Control::Stop(reply)) => {
+                                self.finish_stopped();
+                                let _ = reply.send(());
+                                return;
                             }
+                            Some(Control::Restart) => quick_crashes = 0,
+                            None => return,
                         }
                     }
                     self.count_restart();
@@ -716,22 +712,20 @@ impl InstanceSupervisor {
             s.pid = None;
         });
         self.runtime.changed.notify_waiters();
-        loop {
-            match self.control.recv().await {
-                Some(Control::Stop(reply)) => {
-                    self.finish_stopped();
-                    let _ = reply.send(());
-                    return true;
-                }
-                Some(Control::Restart) => {
-                    self.meta.parked_state = None;
-                    self.meta.parked_reason = None;
-                    self.meta.crash_times_ms.clear();
-                    self.count_restart();
-                    return false;
-                }
-                None => return true,
+        match self.control.recv().await {
+            Some(Control::Stop(reply)) => {
+                self.finish_stopped();
+                let _ = reply.send(());
+                true
             }
+            Some(Control::Restart) => {
+                self.meta.parked_state = None;
+                self.meta.parked_reason = None;
+                self.meta.crash_times_ms.clear();
+                self.count_restart();
+                false
+            }
+            None => true,
         }
     }
 

@@ -20,7 +20,12 @@ pub(crate) struct Cli {
 #[derive(Clone, Debug, Args)]
 pub(crate) struct FileArg {
     /// The system file.
-    #[arg(short = 'f', long = "file", default_value = "tandem.toml", env = "TANDEM_FILE")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        default_value = "tandem.toml",
+        env = "TANDEM_FILE"
+    )]
     pub(crate) file: PathBuf,
 }
 

@@ -23,12 +23,17 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn new(data_dir: &Path, env: &str) -> Client {
-        Client { socket: data_dir.join("server.sock"), env: env.to_string() }
+        Client {
+            socket: data_dir.join("server.sock"),
+            env: env.to_string(),
+        }
     }
 
     /// True when a server answers on the socket.
     pub(crate) async fn is_up(&self) -> bool {
-        self.get_json::<serde_json::Value>("/v1/server").await.is_ok()
+        self.get_json::<serde_json::Value>("/v1/server")
+            .await
+            .is_ok()
     }
 
     fn not_running(&self) -> anyhow::Error {
@@ -39,20 +44,33 @@ impl Client {
         )
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Response<Incoming>> {
-        let stream = UnixStream::connect(&self.socket).await.map_err(|_| self.not_running())?;
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|_| self.not_running())?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .context("cannot talk to the server")?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let mut builder = Request::builder().method(method).uri(path).header("host", "localhost");
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost");
         if body.is_some() {
             builder = builder.header("content-type", "application/json");
         }
         let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let response = sender.send_request(request).await.context("the server did not answer")?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("the server did not answer")?;
         Ok(response)
     }
 
@@ -74,14 +92,20 @@ impl Client {
     pub(crate) async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let response = Self::check(self.send(Method::GET, path, None).await?).await?;
         let body = response.into_body().collect().await?.to_bytes();
-        serde_json::from_slice(&body).with_context(|| format!("unexpected answer from the server to {path}"))
+        serde_json::from_slice(&body)
+            .with_context(|| format!("unexpected answer from the server to {path}"))
     }
 
-    pub(crate) async fn post_json<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+    pub(crate) async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
         let bytes = serde_json::to_vec(body)?;
         let response = Self::check(self.send(Method::POST, path, Some(bytes)).await?).await?;
         let body = response.into_body().collect().await?.to_bytes();
-        serde_json::from_slice(&body).with_context(|| format!("unexpected answer from the server to {path}"))
+        serde_json::from_slice(&body)
+            .with_context(|| format!("unexpected answer from the server to {path}"))
     }
 
     /// Sends a request answered by an NDJSON stream; calls `on_line` for every line.

@@ -23,12 +23,17 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     fn new(cli: &Cli) -> Ctx {
-        let env = cli.env.clone().unwrap_or_else(|| tandem_spec::DEFAULT_ENV.to_string());
+        let env = cli
+            .env
+            .clone()
+            .unwrap_or_else(|| tandem_spec::DEFAULT_ENV.to_string());
         let file = cli.command.file();
         let absolute = if file.is_absolute() {
             file.clone()
         } else {
-            std::env::current_dir().map(|d| d.join(&file)).unwrap_or_else(|_| file.clone())
+            std::env::current_dir()
+                .map(|d| d.join(&file))
+                .unwrap_or_else(|_| file.clone())
         };
         let project_dir = absolute
             .parent()
@@ -36,7 +41,13 @@ impl Ctx {
             .unwrap_or_else(|| PathBuf::from("."));
         let project_dir = project_dir.canonicalize().unwrap_or(project_dir);
         let data_dir = tandem_server::data_dir_for(&project_dir, &env);
-        Ctx { file, env_flag: cli.env.clone(), env, project_dir, data_dir }
+        Ctx {
+            file,
+            env_flag: cli.env.clone(),
+            env,
+            project_dir,
+            data_dir,
+        }
     }
 
     /// Loads and resolves the file for the environment, or prints every diagnostic.
@@ -46,7 +57,11 @@ impl Ctx {
             Err(diagnostics) => {
                 eprint!("{diagnostics}");
                 let n = diagnostics.0.len();
-                bail!("{} has {n} error{}", self.file.display(), if n == 1 { "" } else { "s" })
+                bail!(
+                    "{} has {n} error{}",
+                    self.file.display(),
+                    if n == 1 { "" } else { "s" }
+                )
             }
         }
     }
@@ -63,19 +78,34 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
         Command::Validate { .. } => offline::validate(&ctx),
         Command::Render { output, .. } => offline::render(&ctx, output),
         Command::Graph { output, .. } => offline::graph(&ctx, output),
-        Command::Up { detach, message, .. } => lifecycle::up(&ctx, detach, message).await,
+        Command::Up {
+            detach, message, ..
+        } => lifecycle::up(&ctx, detach, message).await,
         Command::Down { .. } => lifecycle::down(&ctx).await,
-        Command::Serve { data_dir, listen, .. } => lifecycle::serve(&ctx, data_dir, listen).await,
+        Command::Serve {
+            data_dir, listen, ..
+        } => lifecycle::serve(&ctx, data_dir, listen).await,
         Command::Plan { output, .. } => inspect::plan(&ctx, output).await,
         Command::Status { output, .. } => inspect::status(&ctx, output).await,
-        Command::Logs { services, follow, since, tail, .. } => {
-            inspect::logs(&ctx, services, follow, since, tail).await
-        }
+        Command::Logs {
+            services,
+            follow,
+            since,
+            tail,
+            ..
+        } => inspect::logs(&ctx, services, follow, since, tail).await,
         Command::Restart { service, .. } => inspect::restart(&ctx, &service).await,
         Command::History { output, limit, .. } => inspect::history(&ctx, output, limit).await,
-        Command::Show { revision, output, .. } => inspect::show(&ctx, &revision, output).await,
+        Command::Show {
+            revision, output, ..
+        } => inspect::show(&ctx, &revision, output).await,
         Command::Diff { a, b, output, .. } => inspect::diff(&ctx, &a, &b, output).await,
-        Command::Timeline { since, output, limit, .. } => inspect::timeline(&ctx, since, output, limit).await,
+        Command::Timeline {
+            since,
+            output,
+            limit,
+            ..
+        } => inspect::timeline(&ctx, since, output, limit).await,
         Command::Note { text, .. } => inspect::note(&ctx, &text).await,
         Command::Shim { .. } => unreachable!("handled before the runtime starts"),
     }
@@ -107,5 +137,7 @@ pub(crate) fn git(dir: &Path, args: &[&str]) -> Option<String> {
         .stderr(std::process::Stdio::null())
         .output()
         .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

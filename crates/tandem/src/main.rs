@@ -16,7 +16,10 @@ fn main() -> ExitCode {
         // Before any runtime or thread exists: the shim forks and waits on its own.
         tandem_supervisor::shim::run(dir);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -34,7 +34,9 @@ pub(crate) fn dim(text: &str) -> String {
 /// A color for a name, stable across runs, for log prefixes.
 pub(crate) fn name_color(name: &str) -> &'static str {
     const COLORS: [&str; 6] = ["36", "33", "35", "32", "34", "91"];
-    let h = name.bytes().fold(0usize, |acc, b| acc.wrapping_mul(31).wrapping_add(b as usize));
+    let h = name.bytes().fold(0usize, |acc, b| {
+        acc.wrapping_mul(31).wrapping_add(b as usize)
+    });
     COLORS[h % COLORS.len()]
 }
 
@@ -98,7 +100,10 @@ pub(crate) fn age(ms: i64) -> String {
 /// Local-agnostic timestamp: UTC, to the second.
 pub(crate) fn timestamp(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string().replace('T', " ").replace('Z', "")
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replace('T', " ")
+        .replace('Z', "")
 }
 
 pub(crate) fn bytes(n: u64) -> String {
@@ -109,5 +114,9 @@ pub(crate) fn bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n}B") } else { format!("{value:.1}{}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
 }

@@ -101,8 +101,10 @@ pub(crate) async fn status(ctx: &Ctx, format: Output) -> Result<u8> {
             } else if let Some(h) = &i.health_error {
                 notes.push(format!("{}: health check: {h}", i.id));
             }
-            if let Some(exit) = &i.last_exit {
-                if i.reason.is_none() {
+            if let Some(exit) = &i.last_exit
+                && i.reason.is_none()
+            {
+                {
                     notes.push(format!(
                         "{}: last exit {} ago: {}",
                         i.id,
@@ -114,7 +116,10 @@ pub(crate) async fn status(ctx: &Ctx, format: Output) -> Result<u8> {
         }
     }
     table(
-        &["SERVICE", "INSTANCE", "STATE", "PORT", "PID", "UPTIME", "RESTARTS", "REV", "CPU", "MEMORY"],
+        &[
+            "SERVICE", "INSTANCE", "STATE", "PORT", "PID", "UPTIME", "RESTARTS", "REV", "CPU",
+            "MEMORY",
+        ],
         &rows,
     );
     if !notes.is_empty() {
@@ -164,7 +169,10 @@ pub(crate) async fn restart(ctx: &Ctx, service: &str) -> Result<u8> {
         .client()
         .post_json(&format!("/v1/restart/{service}"), &serde_json::json!({}))
         .await?;
-    let n = answer.get("instances").and_then(|v| v.as_u64()).unwrap_or(0);
+    let n = answer
+        .get("instances")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
     println!("{} restarting {n} instance(s) of {service}", green("✓"));
     Ok(0)
 }
@@ -173,7 +181,10 @@ pub(crate) async fn plan(ctx: &Ctx, format: Output) -> Result<u8> {
     let system = ctx.load()?;
     let request = ApplyRequest {
         system,
-        provenance: Provenance { author: author(&ctx.project_dir), ..Default::default() },
+        provenance: Provenance {
+            author: author(&ctx.project_dir),
+            ..Default::default()
+        },
     };
     let plan: Plan = ctx.client().post_json("/v1/plan", &request).await?;
     if format == Output::Json {
@@ -181,21 +192,33 @@ pub(crate) async fn plan(ctx: &Ctx, format: Output) -> Result<u8> {
         return Ok(if plan.has_changes() { 2 } else { 0 });
     }
     match plan.live_revision {
-        Some(n) if plan.same_as_live => println!("the file equals live revision {n} of {}", plan.env),
+        Some(n) if plan.same_as_live => {
+            println!("the file equals live revision {n} of {}", plan.env)
+        }
         Some(n) => println!("against live revision {n} of {}:", plan.env),
-        None => println!("nothing is live in {} yet; applying creates revision 1:", plan.env),
+        None => println!(
+            "nothing is live in {} yet; applying creates revision 1:",
+            plan.env
+        ),
     }
     if !plan.changes.is_empty() {
         println!();
         print_changes(&plan.changes);
     }
-    let touched: Vec<_> = plan.services.iter().filter(|s| s.action.touches()).collect();
+    let touched: Vec<_> = plan
+        .services
+        .iter()
+        .filter(|s| s.action.touches())
+        .collect();
     if !touched.is_empty() {
         println!();
         for s in &touched {
             let (mark, what) = match &s.action {
                 ServiceAction::Start => (green("+"), "start".to_string()),
-                ServiceAction::Replace => (yellow("~"), "replace (new instances, then the old stop)".to_string()),
+                ServiceAction::Replace => (
+                    yellow("~"),
+                    "replace (new instances, then the old stop)".to_string(),
+                ),
                 ServiceAction::Scale { from, to } => (yellow("~"), format!("scale {from} → {to}")),
                 ServiceAction::Restore => (green("+"), "start missing instances".to_string()),
                 ServiceAction::Remove => (red("-"), "stop and remove".to_string()),
@@ -206,7 +229,10 @@ pub(crate) async fn plan(ctx: &Ctx, format: Output) -> Result<u8> {
                 println!("    because: {}", s.because.join(", "));
             }
             if !s.blast_radius.is_empty() {
-                println!("    blast radius: {} depend on it", s.blast_radius.join(", "));
+                println!(
+                    "    blast radius: {} depend on it",
+                    s.blast_radius.join(", ")
+                );
             }
         }
     }
@@ -234,7 +260,11 @@ fn short_json(value: &Option<serde_json::Value>) -> String {
         Some(serde_json::Value::String(s)) => format!("{s:?}"),
         Some(v) => {
             let text = v.to_string();
-            if text.len() > 80 { format!("{}…", &text[..77]) } else { text }
+            if text.len() > 80 {
+                format!("{}…", &text[..77])
+            } else {
+                text
+            }
         }
     }
 }
@@ -265,26 +295,40 @@ fn status_text(status: RevisionStatus) -> String {
 }
 
 pub(crate) async fn history(ctx: &Ctx, format: Output, limit: usize) -> Result<u8> {
-    let list: Vec<RevisionSummary> = ctx.client().get_json(&format!("/v1/revisions?limit={limit}")).await?;
+    let list: Vec<RevisionSummary> = ctx
+        .client()
+        .get_json(&format!("/v1/revisions?limit={limit}"))
+        .await?;
     if format == Output::Json {
         print_json(&list)?;
         return Ok(0);
     }
     if list.is_empty() {
-        println!("no revisions in {} yet; `tandem up` applies the first", ctx.env);
+        println!(
+            "no revisions in {} yet; `tandem up` applies the first",
+            ctx.env
+        );
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|r| {
             let commit = match &r.provenance.git_commit {
-                Some(c) => format!("{}{}", &c[..c.len().min(8)], if r.provenance.git_dirty { "+dirty" } else { "" }),
+                Some(c) => format!(
+                    "{}{}",
+                    &c[..c.len().min(8)],
+                    if r.provenance.git_dirty { "+dirty" } else { "" }
+                ),
                 None => "-".into(),
             };
             let mut message = r.provenance.message.clone().unwrap_or_default();
             if let Some(reason) = &r.reason {
                 let first = reason.lines().next().unwrap_or_default();
-                message = if message.is_empty() { first.to_string() } else { format!("{message} ({first})") };
+                message = if message.is_empty() {
+                    first.to_string()
+                } else {
+                    format!("{message} ({first})")
+                };
             }
             vec![
                 r.number.to_string(),
@@ -297,7 +341,18 @@ pub(crate) async fn history(ctx: &Ctx, format: Output, limit: usize) -> Result<u
             ]
         })
         .collect();
-    table(&["REV", "STATUS", "APPLIED (UTC)", "AUTHOR", "COMMIT", "HASH", "MESSAGE"], &rows);
+    table(
+        &[
+            "REV",
+            "STATUS",
+            "APPLIED (UTC)",
+            "AUTHOR",
+            "COMMIT",
+            "HASH",
+            "MESSAGE",
+        ],
+        &rows,
+    );
     Ok(0)
 }
 
@@ -305,7 +360,9 @@ async fn fetch_revision(ctx: &Ctx, which: &str) -> Result<Revision> {
     if which != "live" && which.parse::<u64>().is_err() {
         bail!("'{which}' is not a revision: use a number from `tandem history`, or `live`");
     }
-    ctx.client().get_json(&format!("/v1/revisions/{which}")).await
+    ctx.client()
+        .get_json(&format!("/v1/revisions/{which}"))
+        .await
 }
 
 pub(crate) async fn show(ctx: &Ctx, which: &str, format: RenderOutput) -> Result<u8> {
@@ -314,10 +371,26 @@ pub(crate) async fn show(ctx: &Ctx, which: &str, format: RenderOutput) -> Result
         print_json(&r)?;
         return Ok(0);
     }
-    println!("# revision {} of {} · {}", r.number, r.env, r.status.as_str());
-    println!("# applied {} UTC by {}", timestamp(r.created_ms), r.provenance.author);
+    println!(
+        "# revision {} of {} · {}",
+        r.number,
+        r.env,
+        r.status.as_str()
+    );
+    println!(
+        "# applied {} UTC by {}",
+        timestamp(r.created_ms),
+        r.provenance.author
+    );
     if let Some(c) = &r.provenance.git_commit {
-        println!("# commit {c}{}", if r.provenance.git_dirty { " (with uncommitted changes)" } else { "" });
+        println!(
+            "# commit {c}{}",
+            if r.provenance.git_dirty {
+                " (with uncommitted changes)"
+            } else {
+                ""
+            }
+        );
     }
     if let Some(m) = &r.provenance.message {
         println!("# message: {m}");
@@ -338,7 +411,11 @@ pub(crate) async fn diff(ctx: &Ctx, a: &str, b: &str, format: Output) -> Result<
     let new = fetch_revision(ctx, b).await?;
     let changes: Vec<tandem_api::FieldChange> = tandem_spec::diff(&old.system, &new.system)
         .into_iter()
-        .map(|c| tandem_api::FieldChange { path: c.path, old: c.old, new: c.new })
+        .map(|c| tandem_api::FieldChange {
+            path: c.path,
+            old: c.old,
+            new: c.new,
+        })
         .collect();
     if format == Output::Json {
         print_json(&changes)?;
@@ -353,7 +430,12 @@ pub(crate) async fn diff(ctx: &Ctx, a: &str, b: &str, format: Output) -> Result<
     Ok(0)
 }
 
-pub(crate) async fn timeline(ctx: &Ctx, since: Option<String>, format: Output, limit: usize) -> Result<u8> {
+pub(crate) async fn timeline(
+    ctx: &Ctx,
+    since: Option<String>,
+    format: Output,
+    limit: usize,
+) -> Result<u8> {
     let mut path = format!("/v1/events?limit={limit}");
     if let Some(ms) = since_ms(since.as_deref())? {
         path.push_str(&format!("&since_ms={ms}"));
@@ -383,7 +465,10 @@ pub(crate) async fn timeline(ctx: &Ctx, since: Option<String>, format: Output, l
 }
 
 pub(crate) async fn note(ctx: &Ctx, text: &str) -> Result<u8> {
-    let request = NoteRequest { text: text.to_string(), who: author(&ctx.project_dir) };
+    let request = NoteRequest {
+        text: text.to_string(),
+        who: author(&ctx.project_dir),
+    };
     let _: Event = ctx.client().post_json("/v1/notes", &request).await?;
     println!("{} noted in the {} timeline", green("✓"), ctx.env);
     Ok(0)

@@ -14,7 +14,11 @@ use tandem_server::DataDir;
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(20);
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub(crate) async fn serve(ctx: &Ctx, data_dir: Option<PathBuf>, listen: Option<String>) -> Result<u8> {
+pub(crate) async fn serve(
+    ctx: &Ctx,
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+) -> Result<u8> {
     let listen = match listen {
         Some(l) => Some(l),
         None => ctx.load()?.server.listen,
@@ -34,14 +38,18 @@ pub(crate) async fn serve(ctx: &Ctx, data_dir: Option<PathBuf>, listen: Option<S
 fn init_server_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Starts `tandem serve` in the background (its own session, output to `server.log`) and
 /// waits until it answers.
 async fn start_server(ctx: &Ctx, listen: Option<&str>) -> Result<()> {
     let dir = DataDir::new(&ctx.data_dir);
-    dir.create().with_context(|| format!("cannot create {}", ctx.data_dir.display()))?;
+    dir.create()
+        .with_context(|| format!("cannot create {}", ctx.data_dir.display()))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -56,7 +64,10 @@ async fn start_server(ctx: &Ctx, listen: Option<&str>) -> Result<()> {
         .arg("--env")
         .arg(&ctx.env)
         .arg("-f")
-        .arg(ctx.project_dir.join(ctx.file.file_name().unwrap_or_default()))
+        .arg(
+            ctx.project_dir
+                .join(ctx.file.file_name().unwrap_or_default()),
+        )
         .current_dir(&ctx.project_dir)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
@@ -116,7 +127,11 @@ fn provenance(ctx: &Ctx, message: Option<String>) -> Provenance {
         git_dirty: dirty,
         author: author(&ctx.project_dir),
         message,
-        file: ctx.project_dir.join(ctx.file.file_name().unwrap_or_default()).display().to_string(),
+        file: ctx
+            .project_dir
+            .join(ctx.file.file_name().unwrap_or_default())
+            .display()
+            .to_string(),
     }
 }
 
@@ -141,8 +156,11 @@ pub(crate) async fn up(ctx: &Ctx, detach: bool, message: Option<String>) -> Resu
     if let Some(w) = &info.limits_warning {
         eprintln!("{} {w}", output::yellow("warning:"));
     }
-    if let Some(wanted) = &system.server.listen {
-        if *wanted != info.listen {
+    if let Some(wanted) = &system.server.listen
+        && *wanted != info.listen
+        && !wanted.ends_with(":0")
+    {
+        {
             eprintln!(
                 "{} the running server listens on {}, the file asks for {wanted}; `tandem down` and `tandem up` to move it",
                 output::yellow("warning:"),
@@ -150,11 +168,15 @@ pub(crate) async fn up(ctx: &Ctx, detach: bool, message: Option<String>) -> Resu
             );
         }
     }
-    let request = ApplyRequest { system, provenance: provenance(ctx, message) };
+    let request = ApplyRequest {
+        system,
+        provenance: provenance(ctx, message),
+    };
     let mut outcome: Option<ApplyMessage> = None;
     client
         .stream(Method::POST, "/v1/apply", Some(&request), |line| {
-            let m: ApplyMessage = serde_json::from_str(line).context("unexpected answer to an apply")?;
+            let m: ApplyMessage =
+                serde_json::from_str(line).context("unexpected answer to an apply")?;
             match m {
                 ApplyMessage::Progress { message } => eprintln!("{} {message}", output::dim("»")),
                 other => outcome = Some(other),
@@ -200,7 +222,9 @@ pub(crate) async fn up(ctx: &Ctx, detach: bool, message: Option<String>) -> Resu
         Some(ApplyMessage::Failed { error, revision }) => {
             eprintln!("{} {error}", output::red("apply failed:"));
             match revision {
-                Some(n) => eprintln!("  revision {n} is recorded as failed; the previous state keeps running"),
+                Some(n) => eprintln!(
+                    "  revision {n} is recorded as failed; the previous state keeps running"
+                ),
                 None => eprintln!("  the previous state keeps running"),
             }
             let nothing_live: tandem_api::StatusResponse = client.get_json("/v1/status").await?;
@@ -209,12 +233,18 @@ pub(crate) async fn up(ctx: &Ctx, detach: bool, message: Option<String>) -> Resu
             }
             return Ok(1);
         }
-        _ => bail!("the server ended the apply without an outcome; see {}", ctx.data_dir.join("server.log").display()),
+        _ => bail!(
+            "the server ended the apply without an outcome; see {}",
+            ctx.data_dir.join("server.log").display()
+        ),
     }
     if detach {
         return Ok(0);
     }
-    eprintln!("{}", output::dim("following service output; Ctrl-C stops every service"));
+    eprintln!(
+        "{}",
+        output::dim("following service output; Ctrl-C stops every service")
+    );
     follow_until_interrupt(ctx, apply_started_ms).await?;
     eprintln!("\n{} stopping {}", output::dim("»"), ctx.env);
     stop_server(ctx).await?;
@@ -245,11 +275,7 @@ pub(crate) fn print_log_line(e: &LogEntry, width: &std::sync::atomic::AtomicUsiz
     width.store(w, Ordering::Relaxed);
     let prefix = format!("{:<w$} |", e.instance);
     let prefix = output::paint(output::name_color(&e.service), &prefix);
-    if e.stream == "err" {
-        println!("{prefix} {}", e.text);
-    } else {
-        println!("{prefix} {}", e.text);
-    }
+    println!("{prefix} {}", e.text);
 }
 
 /// Asks the server to stop every service and itself, then waits for its process to end.
@@ -260,9 +286,17 @@ async fn stop_server(ctx: &Ctx) -> Result<()> {
     client
         .stream::<()>(Method::POST, "/v1/down", None, |line| {
             let v: serde_json::Value = serde_json::from_str(line)?;
-            if let Some(p) = v.get("progress").and_then(|p| p.get("message")).and_then(|m| m.as_str()) {
+            if let Some(p) = v
+                .get("progress")
+                .and_then(|p| p.get("message"))
+                .and_then(|m| m.as_str())
+            {
                 eprintln!("{} {p}", output::dim("»"));
-            } else if let Some(e) = v.get("failed").and_then(|f| f.get("error")).and_then(|m| m.as_str()) {
+            } else if let Some(e) = v
+                .get("failed")
+                .and_then(|f| f.get("error"))
+                .and_then(|m| m.as_str())
+            {
                 failed = Some(e.to_string());
             }
             Ok(())
@@ -275,7 +309,11 @@ async fn stop_server(ctx: &Ctx) -> Result<()> {
         let deadline = Instant::now() + SERVER_STOP_TIMEOUT;
         while record.is_alive() {
             if Instant::now() >= deadline {
-                bail!("the server (pid {}) did not exit within {}s", record.pid, SERVER_STOP_TIMEOUT.as_secs());
+                bail!(
+                    "the server (pid {}) did not exit within {}s",
+                    record.pid,
+                    SERVER_STOP_TIMEOUT.as_secs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -286,10 +324,18 @@ async fn stop_server(ctx: &Ctx) -> Result<()> {
 pub(crate) async fn down(ctx: &Ctx) -> Result<u8> {
     let client = ctx.client();
     if !client.is_up().await {
-        println!("nothing to stop: no server runs for {} ({})", ctx.env, ctx.data_dir.display());
+        println!(
+            "nothing to stop: no server runs for {} ({})",
+            ctx.env,
+            ctx.data_dir.display()
+        );
         return Ok(0);
     }
     stop_server(ctx).await?;
-    println!("{} {} is down: every service and the server stopped", output::green("✓"), ctx.env);
+    println!(
+        "{} {} is down: every service and the server stopped",
+        output::green("✓"),
+        ctx.env
+    );
     Ok(0)
 }

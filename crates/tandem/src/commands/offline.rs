@@ -14,7 +14,10 @@ pub(crate) fn init(ctx: &Ctx) -> Result<u8> {
     }
     std::fs::write(&ctx.file, tandem_spec::STARTER_FILE)
         .with_context(|| format!("cannot write {}", ctx.file.display()))?;
-    println!("wrote {}: edit it, then `tandem validate` and `tandem up`", ctx.file.display());
+    println!(
+        "wrote {}: edit it, then `tandem validate` and `tandem up`",
+        ctx.file.display()
+    );
     Ok(0)
 }
 

@@ -1,0 +1,562 @@
+//! End-to-end tests of the `tandem` binary: real servers, shims, service processes, sockets
+//! and cgroups, driven through the command line the way a user does.
+
+#![allow(unreachable_pub)]
+mod e2e {
+    pub mod support;
+}
+
+use e2e::support::*;
+use std::time::{Duration, Instant};
+use tandem_api::{EventKind, InstanceState, RevisionStatus};
+
+fn app_service(name: &str, port: u16, extra: &str) -> String {
+    // A generous grace: a loaded machine may take seconds to start python.
+    let health = if extra.contains("health =") {
+        ""
+    } else {
+        "health = { http = \"/healthz\", interval = \"200ms\", grace = \"20s\", failures = 2 }\n"
+    };
+    let stop = if extra.contains("stop =") {
+        ""
+    } else {
+        "stop = { grace = \"2s\" }\n"
+    };
+    format!("[service.{name}]\nrun = \"python3 app.py\"\nport = {port}\n{health}{stop}{extra}\n")
+}
+
+#[test]
+fn up_starts_in_dependency_order_serves_ports_and_injects_addresses() {
+    let (db, api, web) = (free_port(), free_port(), free_port());
+    let p = Project::new(&format!(
+        "{}{}{}",
+        app_service("db", db, ""),
+        app_service("api", api, "depends_on = [\"db\"]\nreplicas = 2"),
+        app_service(
+            "web",
+            web,
+            "depends_on = [\"api\"]\nenv = { MESSAGE = \"from web\" }"
+        ),
+    ));
+    let out = p.up().ok();
+    assert!(
+        out.stdout.contains("revision 1 of dev is live"),
+        "{}",
+        out.all()
+    );
+
+    // The declared port is served by tandem and reaches an instance.
+    let (status, body) = http_get(web, "/hello").unwrap();
+    assert_eq!((status, body.as_str()), (200, "from web\n"));
+
+    // Dependents get variables pointing at the dependency's served port.
+    let (_, env) = http_get(api, "/env").unwrap();
+    let env: serde_json::Value = serde_json::from_str(&env).unwrap();
+    assert_eq!(env["DB_URL"], format!("http://127.0.0.1:{db}"));
+    assert_eq!(env["DB_ADDR"], format!("127.0.0.1:{db}"));
+    assert_ne!(env["PORT"], api.to_string(), "instances get their own PORT");
+
+    // Each service started only after its dependencies were healthy.
+    let events: Vec<tandem_api::Event> =
+        serde_json::from_str(&p.run(&["timeline", "--output", "json"]).ok().stdout).unwrap();
+    let first = |kind: EventKind, service: &str| {
+        events
+            .iter()
+            .position(|e| e.kind == kind && e.service.as_deref() == Some(service))
+            .unwrap_or_else(|| panic!("no {kind:?} for {service} in {events:#?}"))
+    };
+    let last_healthy = |service: &str| {
+        events
+            .iter()
+            .rposition(|e| {
+                e.kind == EventKind::InstanceHealthy && e.service.as_deref() == Some(service)
+            })
+            .unwrap()
+    };
+    assert!(first(EventKind::InstanceHealthy, "db") < first(EventKind::InstanceStarted, "api"));
+    assert!(last_healthy("api") < first(EventKind::InstanceStarted, "web"));
+
+    let s = p.status();
+    assert_eq!(s.live_revision, Some(1));
+    assert_eq!(p.instances("api").len(), 2);
+    assert!(
+        s.services
+            .iter()
+            .flat_map(|s| &s.instances)
+            .all(|i| i.state == InstanceState::Healthy)
+    );
+}
+
+#[test]
+fn unchanged_up_changes_nothing_and_a_change_replaces_only_that_service() {
+    let (a, b) = (free_port(), free_port());
+    let p = Project::new(&format!(
+        "{}{}",
+        app_service("a", a, ""),
+        app_service("b", b, "")
+    ));
+    p.up().ok();
+    let pid_a = p.instances("a")[0].pid.unwrap();
+    let pid_b = p.instances("b")[0].pid.unwrap();
+
+    let again = p.up().ok();
+    assert!(again.all().contains("no changes"), "{}", again.all());
+    assert_eq!(p.instances("a")[0].pid, Some(pid_a));
+    assert_eq!(p.history().len(), 1);
+
+    p.set_system(&format!(
+        "{}{}",
+        app_service("a", a, ""),
+        app_service("b", b, "env = { MESSAGE = \"changed\" }")
+    ));
+    let plan = p.run(&["plan"]);
+    assert_eq!(plan.code, 2, "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains("+ service.b.env = {\"MESSAGE\":\"changed\"}"),
+        "{}",
+        plan.stdout
+    );
+    p.up().ok();
+    assert_eq!(p.instances("a")[0].pid, Some(pid_a), "a is untouched");
+    let b_now = p.instances("b");
+    assert_eq!(b_now.len(), 1);
+    assert_ne!(b_now[0].pid, Some(pid_b), "b was replaced");
+    assert!(
+        wait_gone(pid_b, Duration::from_secs(10)),
+        "the old b stopped"
+    );
+    assert_eq!(http_get(b, "/hello").unwrap().1, "changed\n");
+
+    let history = p.history();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].status, RevisionStatus::Live);
+    assert_eq!(history[1].status, RevisionStatus::Superseded);
+    let diff = p.run(&["diff", "1", "2"]).ok();
+    assert!(diff.stdout.contains("service.b.env"), "{}", diff.stdout);
+    assert_eq!(p.run(&["plan"]).code, 0);
+}
+
+#[test]
+fn a_crashing_service_restarts_with_backoff_until_a_crash_loop() {
+    let p = Project::new("[service.crashy]\nrun = \"sh -c 'sleep 0.3; exit 3'\"\n");
+    p.up().ok();
+    let s = p.wait_status("a crash loop", |s| {
+        s.services[0]
+            .instances
+            .iter()
+            .any(|i| i.state == InstanceState::CrashLoop)
+    });
+    let i = &s.services[0].instances[0];
+    assert!(i.restarts >= 4, "{i:?}");
+    let reason = i.reason.clone().unwrap();
+    assert!(
+        reason.contains("crashed 5 times") && reason.contains("exited with code 3"),
+        "{reason}"
+    );
+    let text = p.run(&["status"]).ok().stdout;
+    assert!(
+        text.contains("crash-loop") && text.contains("tandem restart crashy"),
+        "{text}"
+    );
+
+    // `restart` clears the crash loop.
+    p.run(&["restart", "crashy"]).ok();
+    p.wait_status("a restart after the crash loop", |s| {
+        s.services[0]
+            .instances
+            .iter()
+            .any(|i| i.state != InstanceState::CrashLoop)
+    });
+}
+
+#[test]
+fn an_oom_kill_under_the_memory_limit_is_reported_as_such() {
+    let port = free_port();
+    let p = Project::new(&app_service(
+        "hog",
+        port,
+        "limits = { memory = \"50MiB\" }\nrestart = \"never\"\nenv = { ALLOC_MB = \"200\", ALLOC_AFTER = \"0.5\" }",
+    ));
+    p.up().ok();
+    if !limits_enforced(&p) {
+        eprintln!("skipped: cgroup limits are not enforced on this machine");
+        return;
+    }
+    let s = p.wait_status("the OOM kill", |s| {
+        s.services[0]
+            .instances
+            .iter()
+            .any(|i| i.state == InstanceState::Exited)
+    });
+    let exit = s.services[0].instances[0].last_exit.clone().unwrap();
+    assert!(exit.oom_killed, "{exit:?}");
+    assert!(
+        exit.description.contains("OOM killer") && exit.description.contains("50MiB"),
+        "{exit:?}"
+    );
+    let events = p.run(&["timeline"]).ok().stdout;
+    assert!(events.contains("instance-oom-killed"), "{events}");
+}
+
+#[test]
+fn a_health_check_that_never_passes_fails_the_apply_and_the_previous_state_keeps_running() {
+    let port = free_port();
+    let p = Project::new(&app_service("web", port, ""));
+    p.up().ok();
+    let before = p.instances("web")[0].clone();
+
+    p.set_system(&app_service(
+        "web",
+        port,
+        "env = { HEALTH_STATUS = \"503\" }",
+    ));
+    let failed = p.up();
+    assert_eq!(failed.code, 1, "{}", failed.all());
+    let text = failed.all();
+    assert!(
+        text.contains("service 'web'") && text.contains("503"),
+        "{text}"
+    );
+
+    let after = p.instances("web");
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].pid, before.pid, "the previous instance still runs");
+    assert_eq!(after[0].state, InstanceState::Healthy);
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
+    let history = p.history();
+    assert_eq!(history[0].status, RevisionStatus::Failed);
+    assert!(history[0].reason.as_deref().unwrap_or("").contains("503"));
+    assert_eq!(history[1].status, RevisionStatus::Live);
+    assert_eq!(p.status().live_revision, Some(1));
+}
+
+#[test]
+fn a_missing_program_fails_the_first_apply_and_leaves_nothing_running() {
+    let port = free_port();
+    let p = Project::new(&format!(
+        "{}[service.broken]\nrun = \"no-such-program-tandem-e2e --flag\"\ndepends_on = [\"ok\"]\n",
+        app_service("ok", port, "")
+    ));
+    let out = p.up();
+    assert_eq!(out.code, 1, "{}", out.all());
+    let text = out.all();
+    assert!(
+        text.contains("service 'broken'") && text.contains("no-such-program-tandem-e2e"),
+        "{text}"
+    );
+    // The server that this `up` started is gone, and so is the instance of `ok`.
+    let data = p.data_dir();
+    eventually("the server to exit", || {
+        (!data.join("server.sock").exists()).then_some(())
+    });
+    assert!(
+        p.recorded_pids().is_empty(),
+        "instance folders are left: {:?}",
+        p.recorded_pids()
+    );
+    assert!(http_get(port, "/healthz").is_err(), "the port is closed");
+}
+
+#[test]
+fn a_port_held_by_another_program_is_named_in_the_error() {
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let p = Project::new(&app_service("web", port, ""));
+    let out = p.up();
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.all().contains(&format!(
+            "port {port} of service 'web' is already in use by another program"
+        )),
+        "{}",
+        out.all()
+    );
+}
+
+#[test]
+fn down_stops_gracefully_then_forcibly_and_leaves_no_process() {
+    let (polite, stubborn) = (free_port(), free_port());
+    let p = Project::new(&format!(
+        "{}{}[service.forks]\nrun = \"sh -c 'sleep 300 & sleep 300'\"\n",
+        app_service("polite", polite, "env = { TERM_MARKER = \"polite.term\" }"),
+        app_service(
+            "stubborn",
+            stubborn,
+            "env = { IGNORE_TERM = \"1\" }\nstop = { grace = \"1s\" }"
+        ),
+    ));
+    p.up().ok();
+    let pids = p.recorded_pids();
+    assert_eq!(pids.len(), 6, "three shims and three services");
+    let server = p.server_pid().unwrap();
+    let started = Instant::now();
+    p.run(&["down"]).ok();
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the stubborn service got its grace"
+    );
+    assert!(
+        p.path().join("polite.term").exists(),
+        "the polite service saw SIGTERM"
+    );
+    for pid in pids {
+        assert!(
+            wait_gone(pid, Duration::from_secs(5)),
+            "pid {pid} is still running"
+        );
+    }
+    assert!(wait_gone(server, Duration::from_secs(5)));
+    let again = p.run(&["down"]).ok();
+    assert!(again.stdout.contains("nothing to stop"));
+}
+
+#[test]
+fn a_server_killed_with_sigkill_is_replaced_without_restarting_services() {
+    let port = free_port();
+    let p = Project::new(&format!(
+        "{}[service.quiet]\nrun = \"sh -c 'echo started; exec sleep 300'\"\n",
+        app_service("web", port, "")
+    ));
+    p.up().ok();
+    let web = p.instances("web")[0].clone();
+    let quiet = p.instances("quiet")[0].clone();
+    let server = p.server_pid().unwrap();
+    kill(server, libc::SIGKILL);
+    assert!(wait_gone(server, Duration::from_secs(5)));
+    assert!(
+        alive(web.pid.unwrap()) && alive(quiet.pid.unwrap()),
+        "services outlive the server"
+    );
+
+    // While no server runs, one service dies; the next server must notice.
+    kill(quiet.pid.unwrap(), libc::SIGKILL);
+    assert!(wait_gone(quiet.pid.unwrap(), Duration::from_secs(5)));
+
+    p.up().ok();
+    let web_now = p.instances("web")[0].clone();
+    assert_eq!(web_now.pid, web.pid, "re-attached, not restarted");
+    assert_eq!(web_now.restarts, 0);
+    let quiet_now = p.wait_status("quiet to be restarted", |s| {
+        s.services.iter().any(|s| {
+            s.name == "quiet"
+                && s.instances
+                    .iter()
+                    .any(|i| i.restarts == 1 && i.state == InstanceState::Healthy)
+        })
+    });
+    let q = quiet_now
+        .services
+        .iter()
+        .find(|s| s.name == "quiet")
+        .unwrap()
+        .instances[0]
+        .clone();
+    assert!(q.last_exit.unwrap().description.contains("SIGKILL"));
+
+    // Exits after re-attach are seen too.
+    kill(web.pid.unwrap(), libc::SIGKILL);
+    p.wait_status("web restarted after re-attach", |s| {
+        s.services.iter().any(|s| {
+            s.name == "web"
+                && s.instances
+                    .iter()
+                    .any(|i| i.restarts == 1 && i.state == InstanceState::Healthy)
+        })
+    });
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
+    let timeline = p.run(&["timeline"]).ok().stdout;
+    assert!(timeline.contains("instance-reattached"), "{timeline}");
+}
+
+#[test]
+fn restart_never_keeps_an_exited_service_stopped_until_tandem_restart() {
+    let p = Project::new("[service.once]\nrun = \"sh -c 'echo ran once'\"\nrestart = \"never\"\n");
+    p.up().ok();
+    p.wait_status("the exit", |s| {
+        s.services[0]
+            .instances
+            .iter()
+            .any(|i| i.state == InstanceState::Exited)
+    });
+    p.up().ok();
+    let i = p.instances("once")[0].clone();
+    assert_eq!(
+        (i.state, i.restarts),
+        (InstanceState::Exited, 0),
+        "up does not restart it"
+    );
+    p.run(&["restart", "once"]).ok();
+    p.wait_status("the second run", |s| {
+        s.services[0]
+            .instances
+            .iter()
+            .any(|i| i.restarts == 1 && i.state == InstanceState::Exited)
+    });
+    let logs = p.run(&["logs", "once"]).ok().stdout;
+    assert_eq!(logs.matches("ran once").count(), 2, "{logs}");
+}
+
+#[test]
+fn a_server_killed_mid_apply_leaves_the_store_consistent() {
+    let port = free_port();
+    let slow = free_port();
+    let p = Project::new(&app_service("web", port, ""));
+    p.up().ok();
+    let first = app_service("web", port, "");
+    p.set_system(&format!(
+        "{first}{}",
+        app_service("slow", slow, "env = { START_DELAY = \"60\" }")
+    ));
+    let mut applying = p
+        .command(&["up", "-d"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("revision 2 to be applying", || {
+        p.history()
+            .iter()
+            .any(|r| r.number == 2 && r.status == RevisionStatus::Applying)
+            .then_some(())
+    });
+    let slow_pid = eventually("the slow instance", || {
+        p.instances("slow").first().and_then(|i| i.pid)
+    });
+    kill(p.server_pid().unwrap(), libc::SIGKILL);
+    let _ = applying.wait();
+
+    p.set_system(&first);
+    p.up().ok();
+    let history = p.history();
+    assert_eq!(history[0].number, 2);
+    assert_eq!(history[0].status, RevisionStatus::Failed);
+    assert!(
+        history[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("server stopped during the apply")
+    );
+    assert_eq!(history[1].status, RevisionStatus::Live);
+    assert!(
+        wait_gone(slow_pid, Duration::from_secs(10)),
+        "the interrupted apply's instance is stopped"
+    );
+    assert!(p.instances("slow").is_empty());
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
+}
+
+#[test]
+fn logs_merge_instances_with_prefixes_and_streams() {
+    let p = Project::new(
+        "[service.talker]\nrun = \"sh -c 'echo hello out; echo hello err >&2; exec sleep 300'\"\nreplicas = 2\n",
+    );
+    p.up().ok();
+    let logs = eventually("both replicas' output", || {
+        let out = p.run(&["logs", "talker"]).stdout;
+        (out.matches("hello out").count() == 2 && out.matches("hello err").count() == 2)
+            .then_some(out)
+    });
+    for line in logs.lines() {
+        assert!(
+            line.starts_with("talker-0-") || line.starts_with("talker-1-"),
+            "{line}"
+        );
+    }
+    let unknown = p.run(&["logs", "nobody"]);
+    assert_eq!(unknown.code, 1);
+    assert!(
+        unknown.stderr.contains("service 'nobody' has no logs"),
+        "{}",
+        unknown.stderr
+    );
+}
+
+#[test]
+fn the_http_listener_needs_the_token_and_the_right_host() {
+    let p = Project::new("[service.idle]\nrun = \"sleep 300\"\n");
+    p.up().ok();
+    let listen = p.status().server.listen;
+    let port: u16 = listen.rsplit(':').next().unwrap().parse().unwrap();
+    let token_file = p.data_dir().join("token");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(p.data_dir().join("server.sock"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    let host = format!("127.0.0.1:{port}");
+    assert_eq!(
+        http_request(port, "/v1/status", &host, None).unwrap().0,
+        401
+    );
+    assert_eq!(
+        http_request(port, "/v1/status", &host, Some("wrong"))
+            .unwrap()
+            .0,
+        401
+    );
+    assert_eq!(
+        http_request(port, "/v1/status", "evil.example:80", Some(&token))
+            .unwrap()
+            .0,
+        421
+    );
+    let (status, body) = http_request(port, "/v1/status", &host, Some(&token)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !p.run(&["status"]).stdout.contains(&token),
+        "the token never shows"
+    );
+}
+
+#[test]
+fn clear_errors_without_a_file_a_server_or_a_valid_file() {
+    let p = Project::new("[service.x]\nrun = \"sleep 1\"\n");
+    std::fs::remove_file(p.path().join("tandem.toml")).unwrap();
+    let up = p.run(&["up", "-d"]);
+    assert_eq!(up.code, 1);
+    assert!(
+        up.stderr.contains("tandem.toml") && up.stderr.contains("tandem init"),
+        "{}",
+        up.stderr
+    );
+
+    let status = p.run(&["status"]);
+    assert_eq!(status.code, 1);
+    assert!(
+        status.stderr.contains("no tandem server runs") && status.stderr.contains("tandem up"),
+        "{}",
+        status.stderr
+    );
+
+    p.write(
+        "tandem.toml",
+        "[service.x]\nrun = \"sleep 1\"\nreplica = 2\n",
+    );
+    let v = p.run(&["validate"]);
+    assert_eq!(v.code, 1);
+    assert!(
+        v.stderr.contains("tandem.toml:3:1") && v.stderr.contains("replicas"),
+        "{}",
+        v.stderr
+    );
+    let plan = p.run(&["plan"]);
+    assert_eq!(plan.code, 1, "{}", plan.all());
+
+    let init = p.run(&["init"]);
+    assert_eq!(init.code, 1, "init refuses to overwrite");
+    std::fs::remove_file(p.path().join("tandem.toml")).unwrap();
+    p.run(&["init"]).ok();
+    p.run(&["validate"]).ok();
+}

@@ -1,0 +1,270 @@
+//! The test harness: a project in a temporary folder, the real `tandem` binary run against
+//! it, and polling helpers with deadlines. Dropping a project runs `tandem down` and then
+//! kills anything of its that is left, so a failing test leaves no processes behind.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tandem_api::{InstanceStatus, RevisionSummary, StatusResponse};
+
+pub const APP: &str = include_str!("app.py");
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).to_string(),
+        }
+    }
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+impl Project {
+    /// A project whose `tandem.toml` is `services` after a `[system]` and a `[server]` that
+    /// listens on a free loopback port; `app.py` is beside it.
+    pub fn new(services: &str) -> Project {
+        let dir = tempfile::Builder::new()
+            .prefix("tandem-e2e-")
+            .tempdir()
+            .unwrap();
+        let project = Project { dir };
+        project.write("app.py", APP);
+        project.set_system(services);
+        project
+    }
+
+    pub fn set_system(&self, services: &str) {
+        let text =
+            format!("[system]\nname = \"e2e\"\n\n[server]\nlisten = \"127.0.0.1:0\"\n\n{services}");
+        self.write("tandem.toml", &text);
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, name: &str, content: &str) {
+        std::fs::write(self.path().join(name), content).unwrap();
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.path().join(".tandem").join("dev")
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tandem"));
+        c.args(args)
+            .current_dir(self.path())
+            .env("NO_COLOR", "1")
+            .env_remove("TANDEM_ENV")
+            .env_remove("TANDEM_FILE")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().unwrap())
+    }
+
+    pub fn up(&self) -> Run {
+        self.run(&["up", "-d"])
+    }
+
+    pub fn status(&self) -> StatusResponse {
+        let r = self.run(&["status", "--output", "json"]).ok();
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("status json: {e}\n{}", r.stdout))
+    }
+
+    pub fn history(&self) -> Vec<RevisionSummary> {
+        let r = self.run(&["history", "--output", "json"]).ok();
+        serde_json::from_str(&r.stdout).unwrap()
+    }
+
+    pub fn instances(&self, service: &str) -> Vec<InstanceStatus> {
+        self.status()
+            .services
+            .into_iter()
+            .filter(|s| s.name == service)
+            .flat_map(|s| s.instances)
+            .collect()
+    }
+
+    /// Polls `status` until `check` holds, or panics with the last status at the deadline.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        check: impl Fn(&StatusResponse) -> bool,
+    ) -> StatusResponse {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let s = self.status();
+            if check(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; last status:\n{s:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn server_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir().join("server.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["pid"].as_i64().map(|p| p as i32)
+    }
+
+    /// PIDs of every service process the shims recorded (for checking that none strays).
+    pub fn recorded_pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.data_dir().join("instances")) else {
+            return pids;
+        };
+        for e in entries.flatten() {
+            if let Ok(text) = std::fs::read_to_string(e.path().join("child.json")) {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                for key in ["pid", "shim_pid"] {
+                    if let Some(p) = v[key].as_i64() {
+                        pids.push(p as i32);
+                    }
+                }
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let pids = self.recorded_pids();
+        let server = self.server_pid();
+        let _ = self.command(&["down"]).output();
+        for pid in pids {
+            kill(-pid, libc::SIGKILL);
+            kill(pid, libc::SIGKILL);
+        }
+        if let Some(p) = server {
+            kill(p, libc::SIGKILL);
+        }
+    }
+}
+
+pub fn kill(pid: i32, signal: i32) {
+    // SAFETY: kill(2) has no memory preconditions.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .chars()
+                .next();
+            !matches!(state, Some('Z') | Some('X') | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` is gone.
+pub fn wait_gone(pid: i32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Polls `f` until it returns Some, or panics naming `what`.
+pub fn eventually<T>(what: &str, f: impl Fn() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A plain HTTP GET on 127.0.0.1:`port`; returns (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(port, path, &format!("127.0.0.1:{port}"), None)
+}
+
+pub fn http_request(
+    port: u16,
+    path: &str,
+    host: &str,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// cgroup limits are enforced on this machine (root with a writable hierarchy).
+pub fn limits_enforced(p: &Project) -> bool {
+    p.status().server.limits_warning.is_none()
+}
