@@ -95,7 +95,9 @@ pub struct ApplyResult {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ApplyMessage {
-    Progress { message: String },
+    Progress {
+        message: String,
+    },
     Done(ApplyResult),
     Failed {
         error: String,

@@ -27,7 +27,9 @@ impl RevisionStatus {
         }
     }
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Applying, Self::Live, Self::Superseded, Self::Failed].into_iter().find(|s| s.as_str() == text)
+        [Self::Applying, Self::Live, Self::Superseded, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
     }
 }
 

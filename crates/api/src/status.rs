@@ -56,7 +56,10 @@ impl InstanceState {
     }
     /// True while a process is (or should shortly be) running.
     pub fn is_up(self) -> bool {
-        matches!(self, InstanceState::Running | InstanceState::Healthy | InstanceState::Unhealthy)
+        matches!(
+            self,
+            InstanceState::Running | InstanceState::Healthy | InstanceState::Unhealthy
+        )
     }
 }
 

@@ -560,3 +560,57 @@ fn clear_errors_without_a_file_a_server_or_a_valid_file() {
     p.run(&["init"]).ok();
     p.run(&["validate"]).ok();
 }
+
+#[test]
+fn foreground_up_streams_prefixed_logs_and_ctrl_c_stops_everything() {
+    use std::io::BufRead;
+    let port = free_port();
+    let p = Project::new(&format!(
+        "{}[service.ticker]\nrun = \"sh -c 'while true; do echo tick; sleep 0.2; done'\"\n",
+        app_service("web", port, "")
+    ));
+    let mut up = p
+        .command(&["up"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + DEADLINE;
+    let mut seen_tick = false;
+    while !seen_tick {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a log line from the ticker");
+        if line.starts_with("ticker-0-") && line.ends_with("| tick") {
+            seen_tick = true;
+        }
+    }
+    let pids = p.recorded_pids();
+    let server = p.server_pid().unwrap();
+    kill(up.id() as i32, libc::SIGINT);
+    let status = up.wait().unwrap();
+    assert!(status.success(), "Ctrl-C ends `up` cleanly: {status:?}");
+    assert!(
+        wait_gone(server, Duration::from_secs(10)),
+        "the server stopped"
+    );
+    for pid in pids {
+        assert!(
+            wait_gone(pid, Duration::from_secs(10)),
+            "pid {pid} is still running"
+        );
+    }
+    assert!(http_get(port, "/healthz").is_err());
+}

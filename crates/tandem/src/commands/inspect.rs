@@ -104,14 +104,12 @@ pub(crate) async fn status(ctx: &Ctx, format: Output) -> Result<u8> {
             if let Some(exit) = &i.last_exit
                 && i.reason.is_none()
             {
-                {
-                    notes.push(format!(
-                        "{}: last exit {} ago: {}",
-                        i.id,
-                        age(now_ms() - exit.time_ms),
-                        exit.description
-                    ));
-                }
+                notes.push(format!(
+                    "{}: last exit {} ago: {}",
+                    i.id,
+                    age(now_ms() - exit.time_ms),
+                    exit.description
+                ));
             }
         }
     }

@@ -160,13 +160,11 @@ pub(crate) async fn up(ctx: &Ctx, detach: bool, message: Option<String>) -> Resu
         && *wanted != info.listen
         && !wanted.ends_with(":0")
     {
-        {
-            eprintln!(
-                "{} the running server listens on {}, the file asks for {wanted}; `tandem down` and `tandem up` to move it",
-                output::yellow("warning:"),
-                info.listen
-            );
-        }
+        eprintln!(
+            "{} the running server listens on {}, the file asks for {wanted}; `tandem down` and `tandem up` to move it",
+            output::yellow("warning:"),
+            info.listen
+        );
     }
     let request = ApplyRequest {
         system,
