@@ -647,8 +647,14 @@ impl Engine {
     }
 
     /// After a server restart: re-attach to the running instances, finish an interrupted
-    /// apply (its revision is failed; its instances stop), and start what is missing.
-    pub async fn recover(&self, progress: Option<Progress>) -> Result<(), ApplyError> {
+    /// apply (its revision is failed; its instances stop), and start what is missing, unless
+    /// the environment was taken down on purpose (`start_missing` false: after `tandem down`
+    /// nothing starts again until the next apply).
+    pub async fn recover(
+        &self,
+        progress: Option<Progress>,
+        start_missing: bool,
+    ) -> Result<(), ApplyError> {
         let _guard = self.apply_lock.lock().await;
         for number in self.store.recover_interrupted(&self.env)? {
             self.emit(
@@ -664,10 +670,14 @@ impl Engine {
             &progress,
             format!("re-attached to {} instance(s)", reattached.len()),
         );
-        let Some(live) = self.store.live(&self.env)? else {
-            // Nothing was ever live: whatever runs belongs to a failed first apply.
-            join_all(reattached.iter().map(|id| self.runtime.stop(id))).await;
-            return Ok(());
+        let live = match self.store.live(&self.env)? {
+            Some(live) if start_missing => live,
+            // Nothing was ever live (whatever runs belongs to a failed first apply), or the
+            // environment was taken down: nothing should run.
+            _ => {
+                join_all(reattached.iter().map(|id| self.runtime.stop(id))).await;
+                return Ok(());
+            }
         };
         self.reset_routing(&live.system);
         let plan = self.plan_against(&live.system, Some(&live));
@@ -724,6 +734,7 @@ impl Engine {
             );
             join_all(ids.iter().map(|id| self.runtime.stop(id))).await;
         }
+        self.runtime.remove_cgroup_root();
         let mut routing = self.routing.lock().expect("routing lock");
         routing.serving.clear();
         routing.ports.clear();

@@ -115,6 +115,7 @@ async fn apply(State(state): State<Arc<AppState>>, Json(request): Json<ApplyRequ
     }
     let (tx, rx) = mpsc::channel::<String>(64);
     let engine = state.engine.clone();
+    let dir = state.dir.clone();
     let mut recovered = state.recovered.clone();
     tokio::spawn(async move {
         let send = |m: ApplyMessage| {
@@ -142,6 +143,9 @@ async fn apply(State(state): State<Arc<AppState>>, Json(request): Json<ApplyRequ
                 }
             })
         };
+        if let Err(e) = dir.mark_down(false) {
+            tracing::warn!("cannot clear the down mark: {e}");
+        }
         // The apply runs to its end even when the client goes away.
         let result = engine
             .apply(request.system, request.provenance, Some(ptx))
@@ -164,6 +168,7 @@ async fn apply(State(state): State<Arc<AppState>>, Json(request): Json<ApplyRequ
 async fn down(State(state): State<Arc<AppState>>) -> Response {
     let (tx, rx) = mpsc::channel::<String>(64);
     let engine = state.engine.clone();
+    let dir = state.dir.clone();
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         let (ptx, mut prx) = mpsc::unbounded_channel::<String>();
@@ -178,6 +183,9 @@ async fn down(State(state): State<Arc<AppState>>) -> Response {
             })
         };
         let result = engine.down(Some(ptx)).await;
+        if let Err(e) = dir.mark_down(true) {
+            tracing::warn!("cannot leave the down mark: {e}");
+        }
         let _ = forward.await;
         let last = match result {
             Ok(()) => serde_json::json!({"down": true}),

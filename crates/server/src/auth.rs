@@ -20,7 +20,7 @@ pub(crate) async fn require_token(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    if !state.allowed_hosts.iter().any(|h| h == host) {
+    if state.check_host && !state.allowed_hosts.iter().any(|h| h == host) {
         return (
             StatusCode::MISDIRECTED_REQUEST,
             axum::Json(serde_json::json!({

@@ -187,6 +187,27 @@ impl DataDir {
         let _ = std::fs::remove_file(self.record_file());
     }
 
+    /// `tandem down` leaves this mark so that a server started later (`tandem serve`, or a
+    /// restart) does not bring the services back before the next apply.
+    pub fn mark_down(&self, down: bool) -> io::Result<()> {
+        let path = self.root.join("down");
+        if down {
+            std::fs::write(
+                path,
+                b"taken down with `tandem down`; the next apply starts the services\n",
+            )
+        } else {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.root.join("down").exists()
+    }
+
     /// A cgroup name unique to this environment and directory, e.g. `dev-3f2a9c10`.
     pub fn cgroup_name(&self, env: &str) -> String {
         let canonical = self

@@ -68,9 +68,11 @@ pub(crate) struct AppState {
     pub(crate) info: ServerInfo,
     pub(crate) token: String,
     pub(crate) allowed_hosts: Vec<String>,
+    pub(crate) check_host: bool,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) recovered: watch::Receiver<bool>,
     pub(crate) env: String,
+    pub(crate) dir: DataDir,
 }
 
 /// Runs the server until `POST /v1/down` or SIGTERM/SIGINT.
@@ -149,9 +151,12 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
             format!("[::1]:{port}"),
             listen_addr.to_string(),
         ],
+        // Against DNS rebinding, which targets loopback; elsewhere the token is the guard.
+        check_host: listen_addr.ip().is_loopback(),
         shutdown: shutdown_tx.clone(),
         recovered: recovered_rx,
         env: config.env.clone(),
+        dir: dir.clone(),
     });
     recorder.emit_server(
         &config.env,
@@ -165,8 +170,9 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     // Recover before any apply runs; status is served meanwhile.
     {
         let engine = engine.clone();
+        let start_missing = !dir.is_down();
         tokio::spawn(async move {
-            if let Err(e) = engine.recover(None).await {
+            if let Err(e) = engine.recover(None, start_missing).await {
                 tracing::error!("recovery failed: {e}");
             }
             let _ = recovered_tx.send(true);
@@ -176,6 +182,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     {
         let runtime = runtime.clone();
         let logs = dir.logs_dir();
+        let instances = dir.instances_dir();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
             let mut n: u64 = 0;
@@ -184,12 +191,15 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
                 runtime.sample_cpu();
                 n += 1;
                 if n.is_multiple_of(30) {
-                    logs::prune_old_logs(&logs, 20);
+                    logs::prune_old_logs(&logs, &instances, 20);
                 }
             }
         });
     }
 
+    if let Some(w) = &state.info.limits_warning {
+        recorder.emit_server(&config.env, EventKind::LimitsUnavailable, w.clone());
+    }
     let unix_app = api::router(state.clone(), false);
     let tcp_app = api::router(state.clone(), true);
     let mut stop_unix = shutdown_rx.clone();

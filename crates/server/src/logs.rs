@@ -123,8 +123,9 @@ pub(crate) async fn follow(logs_dir: PathBuf, services: Vec<String>, tx: mpsc::S
     }
 }
 
-/// Keeps the logs of at most `keep` instances per service (the newest), deleting older ones.
-pub(crate) fn prune_old_logs(logs_dir: &Path, keep: usize) {
+/// Keeps the logs of at most `keep` stopped instances per service (the newest), deleting
+/// older ones; the logs of instances that still exist are always kept.
+pub(crate) fn prune_old_logs(logs_dir: &Path, instances_dir: &Path, keep: usize) {
     let Ok(services) = std::fs::read_dir(logs_dir) else {
         return;
     };
@@ -136,6 +137,10 @@ pub(crate) fn prune_old_logs(logs_dir: &Path, keep: usize) {
             .flatten()
             .map(|f| f.path())
             .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .filter(|p| {
+                let stem = p.file_stem().unwrap_or_default();
+                !instances_dir.join(stem).exists()
+            })
             .map(|p| {
                 let t = std::fs::metadata(&p)
                     .and_then(|m| m.modified())

@@ -10,7 +10,7 @@ pub const STARTER_FILE: &str = r#"# tandem.toml: the whole system, one file. Ref
 # rule_files = ["alerts/*.yml"]  # Prometheus rule files, relative to this folder
 
 [server]
-listen = "127.0.0.1:7300"        # the dev server's API and dashboard
+# listen = "127.0.0.1:7300"      # the server's API; default 127.0.0.1:7300 or the next free port
 
 [service.web]
 # The command to run, split like a shell would (no pipes or &&).

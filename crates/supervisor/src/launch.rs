@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// Everything the shim needs to run one instance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LaunchSpec {
-    /// Unique id, also the folder name: `<service>-r<revision>-<index>-<nonce>`.
+    /// Unique id, also the folder name: `<service>-<index>-<nonce>`.
     pub instance: String,
     pub service: String,
     pub revision: u64,

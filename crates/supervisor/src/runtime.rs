@@ -175,6 +175,16 @@ impl Runtime {
         }
     }
 
+    /// Removes the environment's parent cgroup once its instances are gone (after `down`).
+    pub fn remove_cgroup_root(&self) {
+        if let Some(cg) = self.cgroups.open(&self.config.cgroup_prefix)
+            && cg.pids().is_empty()
+            && let Err(e) = cg.remove()
+        {
+            tracing::debug!("cannot remove cgroup {}: {e}", self.config.cgroup_prefix);
+        }
+    }
+
     pub fn cgroup_driver(&self) -> &CgroupDriver {
         &self.cgroups
     }

@@ -16,6 +16,12 @@ fn main() -> ExitCode {
         // Before any runtime or thread exists: the shim forks and waits on its own.
         tandem_supervisor::shim::run(dir);
     }
+    if !matches!(cli.command, cli::Command::Serve { .. }) {
+        // A client printing into a closed pipe (`tandem history | head`) should end quietly,
+        // as other command-line tools do, instead of panicking on the write.
+        // SAFETY: restoring the default disposition of SIGPIPE installs no handler code.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -614,3 +614,34 @@ fn foreground_up_streams_prefixed_logs_and_ctrl_c_stops_everything() {
     }
     assert!(http_get(port, "/healthz").is_err());
 }
+
+#[test]
+fn after_down_a_new_server_starts_nothing_until_the_next_up() {
+    let port = free_port();
+    let p = Project::new(&app_service("web", port, ""));
+    p.up().ok();
+    p.run(&["down"]).ok();
+
+    let mut serve = p
+        .command(&["serve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = eventually("the server to answer", || {
+        let r = p.run(&["status", "--output", "json"]);
+        (r.code == 0)
+            .then(|| serde_json::from_str::<tandem_api::StatusResponse>(&r.stdout).unwrap())
+    });
+    assert_eq!(status.live_revision, Some(1));
+    assert!(
+        status.services.iter().all(|s| s.instances.is_empty()),
+        "{status:#?}"
+    );
+    kill(serve.id() as i32, libc::SIGTERM);
+    serve.wait().unwrap();
+
+    let up = p.up().ok();
+    assert!(up.stdout.contains("web restored"), "{}", up.all());
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
+}

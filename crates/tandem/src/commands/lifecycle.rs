@@ -243,14 +243,26 @@ pub(crate) async fn up(ctx: &Ctx, detach: bool, message: Option<String>) -> Resu
         "{}",
         output::dim("following service output; Ctrl-C stops every service")
     );
-    follow_until_interrupt(ctx, apply_started_ms).await?;
-    eprintln!("\n{} stopping {}", output::dim("»"), ctx.env);
-    stop_server(ctx).await?;
+    match follow_until_interrupt(ctx, apply_started_ms).await {
+        Following::Interrupted => {
+            eprintln!("\n{} stopping {}", output::dim("»"), ctx.env);
+            stop_server(ctx).await?;
+        }
+        Following::ServerGone => {
+            eprintln!("{} the {} server stopped", output::dim("»"), ctx.env);
+        }
+    }
     Ok(0)
 }
 
+/// How following the logs in the foreground ended.
+enum Following {
+    Interrupted,
+    ServerGone,
+}
+
 /// Streams logs with service prefixes until Ctrl-C (or the server goes away).
-async fn follow_until_interrupt(ctx: &Ctx, since_ms: i64) -> Result<()> {
+async fn follow_until_interrupt(ctx: &Ctx, since_ms: i64) -> Following {
     let client = ctx.client();
     let path = format!("/v1/logs?follow=true&since_ms={since_ms}");
     let width = std::sync::atomic::AtomicUsize::new(12);
@@ -261,10 +273,9 @@ async fn follow_until_interrupt(ctx: &Ctx, since_ms: i64) -> Result<()> {
         Ok(())
     });
     tokio::select! {
-        r = follow => { r?; eprintln!("the server went away"); }
-        _ = tokio::signal::ctrl_c() => {}
+        _ = follow => Following::ServerGone,
+        _ = tokio::signal::ctrl_c() => Following::Interrupted,
     }
-    Ok(())
 }
 
 pub(crate) fn print_log_line(e: &LogEntry, width: &std::sync::atomic::AtomicUsize) {
