@@ -70,6 +70,22 @@ fn ndjson_response(rx: mpsc::Receiver<String>) -> Response {
         .expect("valid response")
 }
 
+/// A sender for the engine's progress lines, and the task that streams them to the client
+/// as `{"progress": ...}` NDJSON lines; the task ends when the sender is dropped.
+fn forward_progress(
+    tx: mpsc::Sender<String>,
+) -> (tandem_engine::Progress, tokio::task::JoinHandle<()>) {
+    let (ptx, mut prx) = mpsc::unbounded_channel::<String>();
+    let task = tokio::spawn(async move {
+        while let Some(message) = prx.recv().await {
+            let line =
+                serde_json::to_string(&ApplyMessage::Progress { message }).unwrap_or_default();
+            let _ = tx.send(line).await;
+        }
+    });
+    (ptx, task)
+}
+
 async fn server_info(State(state): State<Arc<AppState>>) -> Response {
     Json(state.info.clone()).into_response()
 }
@@ -132,17 +148,7 @@ async fn apply(State(state): State<Arc<AppState>>, Json(request): Json<ApplyRequ
             .await;
             let _ = recovered.wait_for(|r| *r).await;
         }
-        let (ptx, mut prx) = mpsc::unbounded_channel::<String>();
-        let forward = {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                while let Some(message) = prx.recv().await {
-                    let line = serde_json::to_string(&ApplyMessage::Progress { message })
-                        .unwrap_or_default();
-                    let _ = tx.send(line).await;
-                }
-            })
-        };
+        let (ptx, forward) = forward_progress(tx.clone());
         if let Err(e) = dir.mark_down(false) {
             tracing::warn!("cannot clear the down mark: {e}");
         }
@@ -171,17 +177,7 @@ async fn down(State(state): State<Arc<AppState>>) -> Response {
     let dir = state.dir.clone();
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
-        let (ptx, mut prx) = mpsc::unbounded_channel::<String>();
-        let forward = {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                while let Some(message) = prx.recv().await {
-                    let line = serde_json::to_string(&ApplyMessage::Progress { message })
-                        .unwrap_or_default();
-                    let _ = tx.send(line).await;
-                }
-            })
-        };
+        let (ptx, forward) = forward_progress(tx.clone());
         let result = engine.down(Some(ptx)).await;
         if let Err(e) = dir.mark_down(true) {
             tracing::warn!("cannot leave the down mark: {e}");

@@ -362,26 +362,6 @@ impl Runtime {
         map.get(id).map(|h| h.status.borrow().clone())
     }
 
-    /// Log files of a service's instances, current and past, newest instance last.
-    pub fn log_files(&self, service: &str) -> Vec<PathBuf> {
-        let dir = self.config.logs_dir.join(service);
-        let mut files: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "log"))
-            .map(|p| {
-                let t = std::fs::metadata(&p)
-                    .and_then(|m| m.modified())
-                    .unwrap_or(std::time::UNIX_EPOCH);
-                (t, p)
-            })
-            .collect();
-        files.sort();
-        files.into_iter().map(|(_, p)| p).collect()
-    }
-
     pub fn logs_dir(&self) -> &Path {
         &self.config.logs_dir
     }
