@@ -36,6 +36,8 @@ pub const BACKOFF_BASE: Duration = Duration::from_millis(250);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A process that ran at least this long resets the backoff.
 pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
+/// How often a new instance is checked until its first passing check.
+const STARTUP_POLL: Duration = Duration::from_millis(100);
 /// How long the shim may take to report that the process runs.
 const SHIM_START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -878,6 +880,10 @@ impl InstanceSupervisor {
             );
         }
         let mut consecutive_failures: u32 = 0;
+        // Until the first pass, check every STARTUP_POLL so a fresh instance is seen healthy
+        // as soon as it is; failures still count only once per `interval`.
+        let mut passed_once = false;
+        let mut last_counted_failure: Option<Instant> = None;
         let mut next_check = Instant::now();
         let grace_until = Instant::now() + health.as_ref().map(|h| h.grace.0).unwrap_or_default();
         loop {
@@ -906,11 +912,14 @@ impl InstanceSupervisor {
                 },
                 _ = tokio::time::sleep_until(next_check), if health.is_some() => {
                     let h = health.as_ref().expect("guarded by if");
-                    next_check = Instant::now() + h.interval.0;
+                    let period = if passed_once { h.interval.0 } else { h.interval.0.min(STARTUP_POLL) };
+                    next_check = Instant::now() + period;
                     let result = self.check_once(h).await;
                     match result {
                         Ok(()) => {
                             consecutive_failures = 0;
+                            passed_once = true;
+                            last_counted_failure = None;
                             let was = self.status.borrow().state;
                             if was != InstanceState::Healthy {
                                 self.status.send_modify(|s| {
@@ -922,9 +931,12 @@ impl InstanceSupervisor {
                             }
                         }
                         Err(error) => {
-                            let counts = Instant::now() >= grace_until;
+                            let now = Instant::now();
+                            let counts = now >= grace_until
+                                && last_counted_failure.is_none_or(|t| now.duration_since(t) + STARTUP_POLL / 2 >= h.interval.0);
                             if counts {
                                 consecutive_failures += 1;
+                                last_counted_failure = Some(now);
                             }
                             let unhealthy = consecutive_failures >= h.failures.max(1);
                             let was = self.status.borrow().state;

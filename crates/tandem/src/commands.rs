@@ -66,8 +66,18 @@ impl Ctx {
         }
     }
 
-    pub(crate) fn client(&self) -> crate::client::Client {
-        crate::client::Client::new(&self.data_dir, &self.env)
+    /// The environment's local server. An environment whose file names a remote server
+    /// (`server = URL`) is refused: this version drives local servers only.
+    pub(crate) fn client(&self) -> Result<crate::client::Client> {
+        if let Ok(system) = tandem_spec::load(&self.file, &self.env)
+            && let Some(url) = system.server.url
+        {
+            bail!(
+                "environment '{}' is served by a remote server ({url}); this tandem drives only local servers so far\n  hint: run tandem on that machine",
+                self.env
+            );
+        }
+        Ok(crate::client::Client::new(&self.data_dir, &self.env))
     }
 }
 

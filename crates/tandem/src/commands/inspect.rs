@@ -17,7 +17,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
 }
 
 pub(crate) async fn status(ctx: &Ctx, format: Output) -> Result<u8> {
-    let status: StatusResponse = ctx.client().get_json("/v1/status").await?;
+    let status: StatusResponse = ctx.client()?.get_json("/v1/status").await?;
     if format == Output::Json {
         print_json(&status)?;
         return Ok(0);
@@ -148,7 +148,7 @@ pub(crate) async fn logs(
     }
     let path = format!("/v1/logs?{}", query.join("&"));
     let width = std::sync::atomic::AtomicUsize::new(12);
-    let client = ctx.client();
+    let client = ctx.client()?;
     let stream = client.stream::<()>(Method::GET, &path, None, |line| {
         if let Ok(e) = serde_json::from_str::<LogEntry>(line) {
             super::lifecycle::print_log_line(&e, &width);
@@ -164,7 +164,7 @@ pub(crate) async fn logs(
 
 pub(crate) async fn restart(ctx: &Ctx, service: &str) -> Result<u8> {
     let answer: serde_json::Value = ctx
-        .client()
+        .client()?
         .post_json(&format!("/v1/restart/{service}"), &serde_json::json!({}))
         .await?;
     let n = answer
@@ -184,7 +184,7 @@ pub(crate) async fn plan(ctx: &Ctx, format: Output) -> Result<u8> {
             ..Default::default()
         },
     };
-    let plan: Plan = ctx.client().post_json("/v1/plan", &request).await?;
+    let plan: Plan = ctx.client()?.post_json("/v1/plan", &request).await?;
     if format == Output::Json {
         print_json(&plan)?;
         return Ok(if plan.has_changes() { 2 } else { 0 });
@@ -294,7 +294,7 @@ fn status_text(status: RevisionStatus) -> String {
 
 pub(crate) async fn history(ctx: &Ctx, format: Output, limit: usize) -> Result<u8> {
     let list: Vec<RevisionSummary> = ctx
-        .client()
+        .client()?
         .get_json(&format!("/v1/revisions?limit={limit}"))
         .await?;
     if format == Output::Json {
@@ -358,7 +358,7 @@ async fn fetch_revision(ctx: &Ctx, which: &str) -> Result<Revision> {
     if which != "live" && which.parse::<u64>().is_err() {
         bail!("'{which}' is not a revision: use a number from `tandem history`, or `live`");
     }
-    ctx.client()
+    ctx.client()?
         .get_json(&format!("/v1/revisions/{which}"))
         .await
 }
@@ -438,7 +438,7 @@ pub(crate) async fn timeline(
     if let Some(ms) = since_ms(since.as_deref())? {
         path.push_str(&format!("&since_ms={ms}"));
     }
-    let events: Vec<Event> = ctx.client().get_json(&path).await?;
+    let events: Vec<Event> = ctx.client()?.get_json(&path).await?;
     if format == Output::Json {
         print_json(&events)?;
         return Ok(0);
@@ -467,7 +467,7 @@ pub(crate) async fn note(ctx: &Ctx, text: &str) -> Result<u8> {
         text: text.to_string(),
         who: author(&ctx.project_dir),
     };
-    let _: Event = ctx.client().post_json("/v1/notes", &request).await?;
+    let _: Event = ctx.client()?.post_json("/v1/notes", &request).await?;
     println!("{} noted in the {} timeline", green("✓"), ctx.env);
     Ok(0)
 }

@@ -84,7 +84,7 @@ async fn start_server(ctx: &Ctx, listen: Option<&str>) -> Result<()> {
         });
     }
     let mut child = command.spawn().context("cannot start the server")?;
-    let client = ctx.client();
+    let client = ctx.client()?;
     let deadline = Instant::now() + SERVER_START_TIMEOUT;
     loop {
         if client.is_up().await {
@@ -143,7 +143,7 @@ pub(crate) async fn up(ctx: &Ctx, detach: bool, message: Option<String>) -> Resu
             ctx.env
         );
     }
-    let client = ctx.client();
+    let client = ctx.client()?;
     let begun = Instant::now();
     let apply_started_ms = tandem_api::now_ms();
     let mut started_server = false;
@@ -263,7 +263,7 @@ enum Following {
 
 /// Streams logs with service prefixes until Ctrl-C (or the server goes away).
 async fn follow_until_interrupt(ctx: &Ctx, since_ms: i64) -> Following {
-    let client = ctx.client();
+    let client = crate::client::Client::new(&ctx.data_dir, &ctx.env);
     let path = format!("/v1/logs?follow=true&since_ms={since_ms}");
     let width = std::sync::atomic::AtomicUsize::new(12);
     let follow = client.stream::<()>(Method::GET, &path, None, |line| {
@@ -289,7 +289,7 @@ pub(crate) fn print_log_line(e: &LogEntry, width: &std::sync::atomic::AtomicUsiz
 
 /// Asks the server to stop every service and itself, then waits for its process to end.
 async fn stop_server(ctx: &Ctx) -> Result<()> {
-    let client = ctx.client();
+    let client = ctx.client()?;
     let record = DataDir::new(&ctx.data_dir).read_record();
     let mut failed: Option<String> = None;
     client
@@ -331,7 +331,7 @@ async fn stop_server(ctx: &Ctx) -> Result<()> {
 }
 
 pub(crate) async fn down(ctx: &Ctx) -> Result<u8> {
-    let client = ctx.client();
+    let client = ctx.client()?;
     if !client.is_up().await {
         println!(
             "nothing to stop: no server runs for {} ({})",
