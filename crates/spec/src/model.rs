@@ -78,9 +78,31 @@ pub struct Service {
     /// Path of the app's own Prometheus metrics, scraped by the monitoring issue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
-    /// How a new revision of this service is rolled out (deploy issue).
+    /// How a new revision of this service is rolled out by `tandem deploy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<Release>,
+    /// How tandem's proxy carries traffic to it: request by request (`http`) or as a byte
+    /// stream (`tcp`). Default `http` when the health check is an HTTP one, else `tcp`.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// `protocol = "http" | "tcp"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http,
+    #[default]
+    Tcp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
+        }
+    }
 }
 
 /// `health = { http = "/healthz" }`, `{ tcp = true }` or `{ exec = "pg_isready" }`.

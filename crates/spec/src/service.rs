@@ -7,7 +7,7 @@
 
 use crate::check::{Field, Report, with_suggestion};
 use crate::interpolate;
-use crate::model::{Health, HealthCheck, Limits, Release, RestartPolicy, Service, Stop};
+use crate::model::{Health, HealthCheck, Limits, Protocol, Release, RestartPolicy, Service, Stop};
 use crate::node::{Entry, Span, Table};
 use crate::units::{ByteSize, Cpu, Dur};
 use std::path::{Component, Path, PathBuf};
@@ -25,6 +25,7 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "restart",
     "metrics",
     "release",
+    "protocol",
 ];
 const HEALTH_KEYS: &[&str] = &[
     "http", "tcp", "exec", "interval", "timeout", "grace", "failures",
@@ -80,6 +81,7 @@ pub(crate) fn read_service(
         restart: RestartPolicy::Always,
         metrics: None,
         release: None,
+        protocol: Protocol::Tcp,
     };
     let Some(table) = report.table(
         entry,
@@ -201,6 +203,23 @@ pub(crate) fn read_service(
     }
     if let Some(release) = table.get("release") {
         service.release = read_release(report, release, section);
+    }
+    service.protocol = match service.health.as_ref().map(|h| &h.check) {
+        Some(HealthCheck::Http(_)) => Protocol::Http,
+        _ => Protocol::Tcp,
+    };
+    if let Some(protocol) = table.get("protocol")
+        && let Some(text) = report.string(protocol, &Field::new(section, "protocol = \"http\""))
+    {
+        match text {
+            "http" => service.protocol = Protocol::Http,
+            "tcp" => service.protocol = Protocol::Tcp,
+            other => report.value_error(
+                protocol.node.span.clone(),
+                format!("unknown protocol '{other}'"),
+                "use \"http\" (requests are routed and measured one by one) or \"tcp\" (bytes pass through)",
+            ),
+        }
     }
     (service, spans)
 }

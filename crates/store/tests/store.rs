@@ -30,6 +30,7 @@ fn system(replicas: u32) -> System {
         restart: RestartPolicy::OnFailure,
         metrics: Some("/metrics".into()),
         release: None,
+        protocol: Default::default(),
     };
     System {
         name: "shop".into(),
