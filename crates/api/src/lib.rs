@@ -5,11 +5,13 @@
 //! without pulling in a runtime.
 
 pub mod apply;
+pub mod deployment;
 pub mod event;
 pub mod revision;
 pub mod status;
 
 pub use apply::*;
+pub use deployment::*;
 pub use event::*;
 pub use revision::*;
 pub use status::*;

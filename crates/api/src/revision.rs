@@ -15,6 +15,9 @@ pub enum RevisionStatus {
     Superseded,
     /// The apply did not succeed; the previous revision stayed live.
     Failed,
+    /// Was live until `tandem rollback` (or an automatic rollback) moved away from it;
+    /// deploying the same content again needs `--force`.
+    RolledBack,
 }
 
 impl RevisionStatus {
@@ -24,12 +27,19 @@ impl RevisionStatus {
             RevisionStatus::Live => "live",
             RevisionStatus::Superseded => "superseded",
             RevisionStatus::Failed => "failed",
+            RevisionStatus::RolledBack => "rolled-back",
         }
     }
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Applying, Self::Live, Self::Superseded, Self::Failed]
-            .into_iter()
-            .find(|s| s.as_str() == text)
+        [
+            Self::Applying,
+            Self::Live,
+            Self::Superseded,
+            Self::Failed,
+            Self::RolledBack,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
     }
 }
 
@@ -65,6 +75,9 @@ pub struct Revision {
     pub created_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<i64>,
+    /// For a rollback: the revision whose system it restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
     pub system: System,
 }
 
@@ -81,6 +94,8 @@ pub struct RevisionSummary {
     pub created_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
 }
 
 impl From<&Revision> for RevisionSummary {
@@ -94,6 +109,7 @@ impl From<&Revision> for RevisionSummary {
             provenance: r.provenance.clone(),
             created_ms: r.created_ms,
             finished_ms: r.finished_ms,
+            rollback_of: r.rollback_of,
         }
     }
 }

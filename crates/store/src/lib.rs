@@ -11,11 +11,13 @@
 //! crash can leave behind is a revision still marked applying; [`Store::recover_interrupted`]
 //! settles those when the server starts again.
 
+mod deployments;
 mod error;
 mod events;
 mod revisions;
 mod schema;
 
+pub use deployments::INTERRUPTED_DEPLOYMENT;
 pub use error::StoreError;
 pub use events::EventFilter;
 pub use revisions::INTERRUPTED_REASON;

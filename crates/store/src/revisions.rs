@@ -1,5 +1,6 @@
 //! Revisions: numbering per environment and the status machine
-//! `applying -> live -> superseded` or `applying -> failed`. Every change of status is one
+//! `applying -> live -> superseded`, `applying -> failed`, and `live | superseded ->
+//! rolled-back` when a rollback moves away from a revision. Every change of status is one
 //! transaction, so the database never shows two live revisions or a half-made switch.
 
 use crate::{Store, StoreError};
@@ -12,7 +13,7 @@ use tandem_spec::System;
 pub const INTERRUPTED_REASON: &str = "the server stopped during the apply";
 
 const SUMMARY_COLUMNS: &str = "number, env, hash, status, reason, git_commit, git_dirty, \
-     author, message, file, created_ms, finished_ms";
+     author, message, file, created_ms, finished_ms, rollback_of";
 
 impl Store {
     /// Records the start of an apply: the next revision number of `env` (1 for the first),
@@ -23,6 +24,18 @@ impl Store {
         system: &System,
         hash: &str,
         provenance: &Provenance,
+    ) -> Result<Revision, StoreError> {
+        self.begin_revision_of(env, system, hash, provenance, None)
+    }
+
+    /// Like [`Store::begin_revision`], for a rollback that restores revision `rollback_of`.
+    pub fn begin_revision_of(
+        &self,
+        env: &str,
+        system: &System,
+        hash: &str,
+        provenance: &Provenance,
+        rollback_of: Option<u64>,
     ) -> Result<Revision, StoreError> {
         let system_json =
             serde_json::to_string(system).map_err(|source| StoreError::EncodeSystem { source })?;
@@ -40,8 +53,8 @@ impl Store {
                 .map_err(|e| self.sqlite_error(e))?;
             tx.execute(
                 "INSERT INTO revisions (env, number, hash, status, git_commit, git_dirty, \
-                 author, message, file, created_ms, system_json) \
-                 VALUES (?1, ?2, ?3, 'applying', ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 author, message, file, created_ms, system_json, rollback_of) \
+                 VALUES (?1, ?2, ?3, 'applying', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     env,
                     number,
@@ -53,6 +66,7 @@ impl Store {
                     provenance.file,
                     created_ms,
                     system_json,
+                    rollback_of,
                 ],
             )
             .map_err(|e| self.sqlite_error(e))?;
@@ -66,6 +80,7 @@ impl Store {
                 provenance: provenance.clone(),
                 created_ms,
                 finished_ms: None,
+                rollback_of,
                 system: system.clone(),
             })
         })
@@ -84,6 +99,49 @@ impl Store {
     /// stays).
     pub fn mark_failed(&self, env: &str, number: u64, reason: &str) -> Result<(), StoreError> {
         self.finish(env, number, RevisionStatus::Failed, Some(reason))
+    }
+
+    /// Marks revision `number` (live or superseded) as rolled back, with why; when it is
+    /// the live one, nothing is live afterwards until the caller marks the restoring
+    /// revision live (do both in that order: [`Store::mark_live`] first).
+    pub fn mark_rolled_back(&self, env: &str, number: u64, reason: &str) -> Result<(), StoreError> {
+        let key = i64::try_from(number).map_err(|_| StoreError::RevisionNotFound {
+            env: env.to_string(),
+            number,
+        })?;
+        self.write(|conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE revisions SET status = 'rolled-back', reason = ?3 \
+                     WHERE env = ?1 AND number = ?2 AND status IN ('live', 'superseded', 'rolled-back')",
+                    params![env, key, reason],
+                )
+                .map_err(|e| self.sqlite_error(e))?;
+            if changed == 0 {
+                return Err(StoreError::RevisionNotFound { env: env.to_string(), number });
+            }
+            Ok(())
+        })
+    }
+
+    /// The newest revision of `env` with content `hash` that was rolled back, if any.
+    pub fn rolled_back_with_hash(
+        &self,
+        env: &str,
+        hash: &str,
+    ) -> Result<Option<RevisionSummary>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn
+                .prepare_cached(&format!(
+                    "SELECT {SUMMARY_COLUMNS} FROM revisions WHERE env = ?1 AND hash = ?2 \
+                     AND status = 'rolled-back' ORDER BY number DESC LIMIT 1"
+                ))
+                .map_err(|e| self.sqlite_error(e))?;
+            statement
+                .query_row(params![env, hash], Self::summary_from_row)
+                .optional()
+                .map_err(|e| self.sqlite_error(e))
+        })
     }
 
     fn finish(
@@ -216,7 +274,7 @@ impl Store {
             .map_err(|e| self.sqlite_error(e))?;
         let found = statement
             .query_row(params, |row| {
-                let system_json: String = row.get(12)?;
+                let system_json: String = row.get(13)?;
                 Ok((Self::summary_from_row(row)?, system_json))
             })
             .optional()
@@ -241,6 +299,7 @@ impl Store {
             provenance: summary.provenance,
             created_ms: summary.created_ms,
             finished_ms: summary.finished_ms,
+            rollback_of: summary.rollback_of,
             system,
         }))
     }
@@ -262,6 +321,7 @@ impl Store {
             },
             created_ms: row.get(10)?,
             finished_ms: row.get(11)?,
+            rollback_of: row.get(12)?,
         })
     }
 }

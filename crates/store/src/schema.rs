@@ -48,6 +48,48 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX events_by_env_time ON events (env, time_ms);
     ",
+    // 2: rolled-back revisions, rollbacks pointing at what they restore, deployments.
+    "
+    CREATE TABLE revisions_v2 (
+        env          TEXT    NOT NULL,
+        number       INTEGER NOT NULL CHECK (number > 0),
+        hash         TEXT    NOT NULL,
+        status       TEXT    NOT NULL CHECK (status IN ('applying', 'live', 'superseded', 'failed', 'rolled-back')),
+        reason       TEXT,
+        git_commit   TEXT,
+        git_dirty    INTEGER NOT NULL,
+        author       TEXT    NOT NULL,
+        message      TEXT,
+        file         TEXT    NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        finished_ms  INTEGER,
+        system_json  TEXT    NOT NULL,
+        rollback_of  INTEGER,
+        PRIMARY KEY (env, number)
+    ) WITHOUT ROWID;
+    INSERT INTO revisions_v2 (env, number, hash, status, reason, git_commit, git_dirty, author,
+                              message, file, created_ms, finished_ms, system_json)
+        SELECT env, number, hash, status, reason, git_commit, git_dirty, author,
+               message, file, created_ms, finished_ms, system_json FROM revisions;
+    DROP TABLE revisions;
+    ALTER TABLE revisions_v2 RENAME TO revisions;
+    CREATE UNIQUE INDEX revisions_one_live_per_env ON revisions (env) WHERE status = 'live';
+
+    CREATE TABLE deployments (
+        id            INTEGER PRIMARY KEY,
+        env           TEXT    NOT NULL,
+        kind          TEXT    NOT NULL CHECK (kind IN ('deploy', 'rollback')),
+        revision      INTEGER NOT NULL,
+        from_revision INTEGER,
+        who           TEXT    NOT NULL,
+        started_ms    INTEGER NOT NULL,
+        finished_ms   INTEGER,
+        outcome       TEXT CHECK (outcome IN ('succeeded', 'rolled-back', 'failed')),
+        reason        TEXT,
+        steps_json    TEXT    NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX deployments_by_env ON deployments (env, id);
+    ",
 ];
 
 /// The schema version this build writes and reads.

@@ -352,7 +352,7 @@ fn a_newer_schema_is_refused_with_what_to_do() {
             error,
             StoreError::NewerSchema {
                 found: 99,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),
@@ -562,4 +562,131 @@ fn a_server_killed_mid_apply_leaves_a_consistent_database() {
     assert_eq!(interrupted.reason.as_deref(), Some(INTERRUPTED_REASON));
     assert_eq!(store.live("dev").unwrap().unwrap().number, first);
     assert_eq!(begin(&store, "dev"), 3);
+}
+
+#[test]
+fn a_rollback_points_at_what_it_restores_and_marks_what_it_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    let first = begin(&store, "dev");
+    store.mark_live("dev", first).unwrap();
+    let second = begin(&store, "dev");
+    store.mark_live("dev", second).unwrap();
+    let target = store.get("dev", first).unwrap().unwrap();
+    let rollback = store
+        .begin_revision_of(
+            "dev",
+            &target.system,
+            &target.hash,
+            &provenance("rollback"),
+            Some(first),
+        )
+        .unwrap();
+    assert_eq!(rollback.rollback_of, Some(first));
+    store.mark_live("dev", rollback.number).unwrap();
+    store
+        .mark_rolled_back("dev", second, "rolled back to revision 1")
+        .unwrap();
+    assert_eq!(status(&store, "dev", second), RevisionStatus::RolledBack);
+    assert_eq!(store.live("dev").unwrap().unwrap().rollback_of, Some(first));
+    let found = store
+        .rolled_back_with_hash("dev", &store.get("dev", second).unwrap().unwrap().hash)
+        .unwrap();
+    assert_eq!(found.map(|r| r.number), Some(second));
+    assert!(store.mark_rolled_back("dev", 99, "no such").is_err());
+}
+
+#[test]
+fn deployments_keep_their_steps_outcome_and_timings() {
+    use tandem_api::{DeployStep, DeploymentKind, DeploymentOutcome, GateResult};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let store = Store::open(&path).unwrap();
+    let id = store
+        .begin_deployment("dev", DeploymentKind::Deploy, 2, Some(1), "ada")
+        .unwrap();
+    for pct in [10u8, 50] {
+        store
+            .add_deploy_step(
+                id,
+                &DeployStep {
+                    time_ms: 1,
+                    service: Some("api".into()),
+                    message: format!("{pct}% to r2"),
+                    new_traffic_pct: Some(pct),
+                    gates: vec![GateResult {
+                        check: "max_error_rate".into(),
+                        measured: "0.0%".into(),
+                        allowed: "1.0%".into(),
+                        passed: true,
+                    }],
+                },
+            )
+            .unwrap();
+    }
+    let other = store
+        .begin_deployment("dev", DeploymentKind::Rollback, 3, Some(2), "ada")
+        .unwrap();
+    store
+        .finish_deployment(id, DeploymentOutcome::RolledBack, Some("p99 too high"))
+        .unwrap();
+    // Finishing twice keeps the first outcome.
+    store
+        .finish_deployment(id, DeploymentOutcome::Succeeded, None)
+        .unwrap();
+    drop(store);
+
+    let store = Store::open(&path).unwrap();
+    let d = store.deployment(id).unwrap().unwrap();
+    assert_eq!(d.steps.len(), 2);
+    assert_eq!(d.steps[1].new_traffic_pct, Some(50));
+    assert_eq!(d.outcome, Some(DeploymentOutcome::RolledBack));
+    assert_eq!(d.reason.as_deref(), Some("p99 too high"));
+    assert!(d.finished_ms.is_some());
+    assert_eq!(store.recover_interrupted_deployments("dev").unwrap(), 1);
+    let list = store.deployments("dev", 10).unwrap();
+    assert_eq!(
+        list.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![other, id]
+    );
+    assert_eq!(list[0].outcome, Some(DeploymentOutcome::Failed));
+}
+
+#[test]
+fn a_version_1_database_is_migrated_with_its_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE revisions (
+                env TEXT NOT NULL, number INTEGER NOT NULL CHECK (number > 0), hash TEXT NOT NULL,
+                status TEXT NOT NULL CHECK (status IN ('applying', 'live', 'superseded', 'failed')),
+                reason TEXT, git_commit TEXT, git_dirty INTEGER NOT NULL, author TEXT NOT NULL,
+                message TEXT, file TEXT NOT NULL, created_ms INTEGER NOT NULL, finished_ms INTEGER,
+                system_json TEXT NOT NULL, PRIMARY KEY (env, number)) WITHOUT ROWID;
+             CREATE UNIQUE INDEX revisions_one_live_per_env ON revisions (env) WHERE status = 'live';
+             CREATE TABLE events (id INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, env TEXT NOT NULL,
+                kind TEXT NOT NULL, service TEXT, instance TEXT, revision INTEGER, who TEXT,
+                message TEXT NOT NULL);
+             PRAGMA application_id = 1953391725;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        let system_json = serde_json::to_string(&system(2)).unwrap();
+        conn.execute(
+            "INSERT INTO revisions VALUES ('dev', 1, 'h1', 'live', NULL, NULL, 0, 'ada', 'first', 'tandem.toml', 5, 6, ?1)",
+            [system_json],
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let live = store.live("dev").unwrap().unwrap();
+    assert_eq!(
+        (live.number, live.hash.as_str(), live.rollback_of),
+        (1, "h1", None)
+    );
+    assert_eq!(live.system.service["api"].replicas, 2);
+    let next = begin(&store, "dev");
+    assert_eq!(next, 2);
 }
