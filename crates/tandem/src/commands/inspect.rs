@@ -289,6 +289,7 @@ fn status_text(status: RevisionStatus) -> String {
         RevisionStatus::Failed => red("failed"),
         RevisionStatus::Applying => yellow("applying"),
         RevisionStatus::Superseded => dim("superseded"),
+        RevisionStatus::RolledBack => yellow("rolled-back"),
     }
 }
 
