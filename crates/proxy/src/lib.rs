@@ -1,57 +1,74 @@
-//! tandem's own proxy: it owns each service's public port, so instances can come and go,
-//! and traffic can move between revisions, without clients noticing.
+//! tandem's own proxy: it owns each service's public port, and one edge listener per
+//! caller of each service, so instances can come and go, traffic can move between revisions,
+//! and every call is attributed to its caller, without clients noticing.
 //!
-//! For now it passes TCP through: every client connection is joined to one backend (an
-//! instance's own port), chosen round robin, and bytes are copied both ways with half-close
-//! until both sides are done. The engine tells it which backends a service has with
-//! [`Proxy::set_backends`]; the new set applies to new connections only, so an instance
-//! taken out of the set is drained as its connections finish. A backend that refuses a
-//! connection is skipped for a few seconds (passive failure detection). The deploy issue will make
-//! it HTTP-aware and weight backends for canaries.
+//! A listener speaks HTTP or TCP ([`Protocol`]). In HTTP mode each request picks a backend
+//! (smooth weighted round robin), so weights apply per request even on long-lived
+//! keep-alive connections, and the proxy enforces header and body limits and timeouts,
+//! answers 502/503/504 with a reason, and records every request into a [`MetricsSink`] and
+//! per-revision figures ([`Proxy::revision_stats`]). In TCP mode each connection picks a
+//! backend and bytes pass through.
+//!
+//! All listeners of a service share one backend set, replaced whole by
+//! [`Proxy::set_weighted_backends`]. Weight 0 or leaving the set drains a backend: no new
+//! work, in-flight work finishes ([`Proxy::drain`] waits for it). A backend that refuses a
+//! connection is skipped for a few seconds (passive failure detection), and the request
+//! tries another.
 //!
 //! The proxy runs on the caller's tokio runtime: one task per listener, one per connection.
 
 mod backends;
+mod body;
+mod config;
 mod error;
+mod http;
+mod meter;
+mod metrics;
+mod route;
 mod service;
 mod stats;
+mod tcp;
 
+pub use config::{Backend, ListenerKey, Protocol, ProxyConfig};
 pub use error::ProxyError;
+pub use metrics::{
+    LatencyHistogram, MethodClass, MetricsSink, NoMetrics, ProxyErrorSource, RequestRecord,
+    RevisionStats,
+};
 pub use stats::ProxyStats;
 
-use service::ServiceTraffic;
-use std::collections::HashMap;
+use backends::lock;
+use service::{ListenerCtx, ServiceTraffic};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
 use tracing::debug;
 
 /// The proxy of one environment server. Cheap to clone; clones share everything. Dropping
-/// the last clone stops every listener.
-#[derive(Clone, Debug, Default)]
+/// the last clone stops every listener (open connections run until they finish).
+#[derive(Clone)]
 pub struct Proxy {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug, Default)]
 struct Shared {
+    config: Arc<ProxyConfig>,
+    sink: Arc<dyn MetricsSink>,
     /// Every service the proxy has heard of, listening or not. Never held across an await.
-    services: Mutex<HashMap<String, ServiceEntry>>,
+    services: Mutex<HashMap<String, Arc<ServiceTraffic>>>,
+    listeners: Mutex<BTreeMap<ListenerKey, Listening>>,
 }
 
-#[derive(Debug)]
-struct ServiceEntry {
-    traffic: Arc<ServiceTraffic>,
-    listener: Option<Listening>,
-}
-
-#[derive(Debug)]
 struct Listening {
     /// The address asked for (its port may be 0).
     requested: SocketAddr,
     /// The address bound.
     bound: SocketAddr,
+    ctx: Arc<ListenerCtx>,
     accept_loop: AbortHandle,
 }
 
@@ -68,122 +85,233 @@ impl Drop for Listening {
     }
 }
 
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proxy")
+            .field("config", &self.shared.config)
+            .field("listeners", &self.listeners())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Proxy {
+    fn default() -> Proxy {
+        Proxy::new()
+    }
+}
+
+// === impl Proxy: listeners ===
+
 impl Proxy {
+    /// A proxy with the default [`ProxyConfig`] that records no metrics.
     pub fn new() -> Proxy {
-        Proxy::default()
+        Proxy::with_config(ProxyConfig::default(), Arc::new(NoMetrics))
     }
 
-    /// Serves `service` on `listen` and returns the address bound (useful with port 0).
+    pub fn with_config(config: ProxyConfig, sink: Arc<dyn MetricsSink>) -> Proxy {
+        Proxy {
+            shared: Arc::new(Shared {
+                config: Arc::new(config),
+                sink,
+                services: Mutex::new(HashMap::new()),
+                listeners: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &ProxyConfig {
+        &self.shared.config
+    }
+
+    /// Serves `key` on `addr` speaking `protocol`, and returns the address bound (useful with
+    /// port 0).
     ///
-    /// Listening again on the same address is a no-op; on another address, the service moves
-    /// there (the old port closes once the new one is bound; if binding fails, the old one
-    /// stays). Connections are closed at once, or held up to a few seconds, while the service
-    /// has no reachable backend (see [`Proxy::set_backends`]).
-    pub async fn listen(
+    /// Listening again on the same address is a no-op (apart from switching the protocol for
+    /// new connections); on another address, the listener moves there (the old port closes
+    /// once the new one is bound; if binding fails, the old one stays). A port served for
+    /// another key is refused.
+    pub async fn listen_on(
         &self,
-        service: &str,
-        listen: SocketAddr,
+        key: ListenerKey,
+        addr: SocketAddr,
+        protocol: Protocol,
     ) -> Result<SocketAddr, ProxyError> {
         {
-            let services = self.shared.lock_services();
-            for (name, entry) in services.iter() {
-                let Some(listening) = entry.listener.as_ref() else {
-                    continue;
-                };
-                if name == service && listening.is_at(listen) {
+            let listeners = lock(&self.shared.listeners);
+            for (other, listening) in listeners.iter() {
+                if *other == key && listening.is_at(addr) {
+                    listening.ctx.set_protocol(protocol);
                     return Ok(listening.bound);
                 }
-                if name != service && listen.port() != 0 && listening.is_at(listen) {
+                if *other != key && addr.port() != 0 && listening.is_at(addr) {
                     return Err(ProxyError::AddrTakenByService {
-                        service: service.to_string(),
-                        addr: listen,
-                        other: name.clone(),
+                        listener: key,
+                        addr,
+                        other: other.clone(),
                     });
                 }
             }
         }
 
-        let listener = TcpListener::bind(listen)
+        let listener = TcpListener::bind(addr)
             .await
-            .map_err(|e| ProxyError::from_bind(service, listen, e))?;
+            .map_err(|e| ProxyError::from_bind(&key, addr, e))?;
         let bound = listener
             .local_addr()
-            .map_err(|e| ProxyError::from_bind(service, listen, e))?;
+            .map_err(|e| ProxyError::from_bind(&key, addr, e))?;
 
-        let mut services = self.shared.lock_services();
-        let entry = entry_for(&mut services, service);
-        let accept_loop = tokio::spawn(service::accept_loop(listener, entry.traffic.clone()));
-        let previous = entry.listener.replace(Listening {
-            requested: listen,
+        let ctx = Arc::new(ListenerCtx::new(
+            self.traffic(&key.service),
+            key.caller.clone(),
+            protocol,
+            self.shared.config.clone(),
+            self.shared.sink.clone(),
+        ));
+        let accept_loop = tokio::spawn(service::accept_loop(listener, ctx.clone()));
+        let listening = Listening {
+            requested: addr,
             bound,
+            ctx,
             accept_loop: accept_loop.abort_handle(),
-        });
+        };
+        let previous = lock(&self.shared.listeners).insert(key.clone(), listening);
         match previous {
             Some(previous) => {
-                debug!(service, from = %previous.bound, to = %bound, "moved listener")
+                debug!(listener = %key, from = %previous.bound, to = %bound, protocol = protocol.as_str(), "moved listener")
             }
-            None => debug!(service, %bound, "listening"),
+            None => debug!(listener = %key, %bound, protocol = protocol.as_str(), "listening"),
         }
         Ok(bound)
     }
 
-    /// Replaces the backends of `service` at once: connections accepted from now on use
-    /// `backends`, open connections stay where they are. With no backends (or none that
-    /// answers), a new connection waits up to three seconds for a set with a reachable
-    /// backend, then is closed. Works before [`Proxy::listen`] too.
-    pub fn set_backends(&self, service: &str, backends: Vec<SocketAddr>) {
-        let mut services = self.shared.lock_services();
-        debug!(service, ?backends, "backends replaced");
-        entry_for(&mut services, service)
-            .traffic
-            .set_backends(backends);
-    }
-
-    /// Stops listening for `service`; its open connections run until they finish. Its
-    /// backends and counters stay, for a later [`Proxy::listen`].
-    pub fn close(&self, service: &str) {
-        let mut services = self.shared.lock_services();
-        if let Some(listening) = services.get_mut(service).and_then(|e| e.listener.take()) {
-            debug!(service, bound = %listening.bound, "stopped listening");
+    /// Stops listening for `key`; its open connections run until they finish. The service's
+    /// backends and figures stay.
+    pub fn close_listener(&self, key: &ListenerKey) {
+        if let Some(listening) = lock(&self.shared.listeners).remove(key) {
+            debug!(listener = %key, bound = %listening.bound, "stopped listening");
         }
     }
 
-    /// Every service listening, with the address it is bound to, in name order.
-    pub fn listening(&self) -> Vec<(String, SocketAddr)> {
-        let services = self.shared.lock_services();
-        let mut listening: Vec<(String, SocketAddr)> = services
+    /// Every listener with the address it is bound to and its protocol, in key order.
+    pub fn listeners(&self) -> Vec<(ListenerKey, SocketAddr, Protocol)> {
+        lock(&self.shared.listeners)
             .iter()
-            .filter_map(|(name, entry)| Some((name.clone(), entry.listener.as_ref()?.bound)))
-            .collect();
-        listening.sort();
-        listening
+            .map(|(key, l)| (key.clone(), l.bound, l.ctx.protocol()))
+            .collect()
     }
 
-    /// The counters of `service` (all zero for a service the proxy has not heard of).
+    fn traffic(&self, service: &str) -> Arc<ServiceTraffic> {
+        let mut services = lock(&self.shared.services);
+        match services.get(service) {
+            Some(traffic) => traffic.clone(),
+            None => {
+                let traffic = Arc::new(ServiceTraffic::new(service));
+                services.insert(service.to_string(), traffic.clone());
+                traffic
+            }
+        }
+    }
+
+    fn existing_traffic(&self, service: &str) -> Option<Arc<ServiceTraffic>> {
+        lock(&self.shared.services).get(service).cloned()
+    }
+}
+
+// === impl Proxy: backends, drain, figures ===
+
+impl Proxy {
+    /// Replaces the backends of `service` at once; all its listeners (public and edges)
+    /// share them. Works before any listener exists too.
+    ///
+    /// HTTP: weights apply per request, also on existing keep-alive client connections
+    /// (client connections survive every switch; only backend connections change). TCP:
+    /// weights apply per new connection. Weight 0 = no new requests or connections
+    /// (draining); backends absent from the new set get no new work either, and their
+    /// in-flight requests finish. A repeated address keeps its first entry.
+    pub fn set_weighted_backends(&self, service: &str, backends: Vec<Backend>) {
+        debug!(service, ?backends, "backends replaced");
+        self.traffic(service).set_backends(&backends);
+    }
+
+    /// Requests (HTTP) or connections (TCP) of `service` in flight at `addr` right now.
+    pub fn in_flight(&self, service: &str, addr: SocketAddr) -> u64 {
+        self.existing_traffic(service)
+            .and_then(|traffic| traffic.state_of(addr))
+            .map_or(0, |state| state.in_flight())
+    }
+
+    /// Waits until none of `addrs` has in-flight work for `service`, or `timeout` passes;
+    /// true when drained. Take the addresses out of the set (or weight them 0) first, or new
+    /// work keeps arriving.
+    pub async fn drain(&self, service: &str, addrs: &[SocketAddr], timeout: Duration) -> bool {
+        let Some(traffic) = self.existing_traffic(service) else {
+            return true;
+        };
+        let states: Vec<_> = addrs.iter().filter_map(|a| traffic.state_of(*a)).collect();
+        let all_idle = async {
+            for state in &states {
+                state.wait_idle().await;
+            }
+        };
+        tokio::time::timeout(timeout, all_idle).await.is_ok()
+    }
+
+    /// Cumulative per-revision figures of `service` since the proxy started (all
+    /// listeners). Diff two snapshots with [`RevisionStats::since`] to judge a window.
+    pub fn revision_stats(&self, service: &str) -> BTreeMap<u64, RevisionStats> {
+        self.existing_traffic(service)
+            .map(|traffic| traffic.revision_stats())
+            .unwrap_or_default()
+    }
+
+    /// The connection counters of `service` (all zero for a service the proxy has not heard
+    /// of).
     pub fn stats(&self, service: &str) -> ProxyStats {
-        let services = self.shared.lock_services();
-        services
-            .get(service)
-            .map(|entry| entry.traffic.counters.snapshot())
+        self.existing_traffic(service)
+            .map(|traffic| traffic.counters.snapshot())
             .unwrap_or_default()
     }
 }
 
-impl Shared {
-    fn lock_services(&self) -> MutexGuard<'_, HashMap<String, ServiceEntry>> {
-        // Every critical section leaves the map consistent, so a poisoned lock is usable.
-        self.services.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
+// === impl Proxy: the first API, kept while the engine moves to the one above ===
 
-fn entry_for<'a>(
-    services: &'a mut HashMap<String, ServiceEntry>,
-    service: &str,
-) -> &'a mut ServiceEntry {
-    services
-        .entry(service.to_string())
-        .or_insert_with(|| ServiceEntry {
-            traffic: Arc::new(ServiceTraffic::new(service)),
-            listener: None,
-        })
+impl Proxy {
+    /// The public port of `service`, in TCP mode: [`Proxy::listen_on`] with
+    /// [`ListenerKey::public`] and [`Protocol::Tcp`].
+    pub async fn listen(
+        &self,
+        service: &str,
+        listen: SocketAddr,
+    ) -> Result<SocketAddr, ProxyError> {
+        self.listen_on(ListenerKey::public(service), listen, Protocol::Tcp)
+            .await
+    }
+
+    /// [`Proxy::set_weighted_backends`] with weight 1 and revision 0 for each address.
+    pub fn set_backends(&self, service: &str, backends: Vec<SocketAddr>) {
+        let backends = backends
+            .into_iter()
+            .map(|addr| Backend {
+                addr,
+                weight: 1,
+                revision: 0,
+                instance: addr.to_string(),
+            })
+            .collect();
+        self.set_weighted_backends(service, backends);
+    }
+
+    /// Closes the public port of `service`.
+    pub fn close(&self, service: &str) {
+        self.close_listener(&ListenerKey::public(service));
+    }
+
+    /// Every public port, with the address bound, in service name order.
+    pub fn listening(&self) -> Vec<(String, SocketAddr)> {
+        lock(&self.shared.listeners)
+            .iter()
+            .filter(|(key, _)| key.caller.is_none())
+            .map(|(key, l)| (key.service.clone(), l.bound))
+            .collect()
+    }
 }

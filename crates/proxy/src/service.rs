@@ -1,40 +1,40 @@
-//! One service's traffic: the accept loop of its listener and the life of each client
-//! connection, from picking a backend to copying bytes both ways until both sides close.
+//! What the listeners of one service share: its backend set, the states of its backends
+//! (for in-flight counts and drain), its counters and per-revision figures. And the listener
+//! side: one [`ListenerCtx`] per listening socket, its accept loop, and the hand-off of each
+//! connection to HTTP or TCP serving.
 
-use crate::backends::BackendSet;
+use crate::backends::{BackendSet, BackendState, lock};
+use crate::config::{Protocol, ProxyConfig};
+use crate::metrics::{MetricsSink, RevisionStats};
 use crate::stats::Counters;
+use crate::{http, tcp};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep, timeout, timeout_at};
-use tracing::{debug, warn};
+use tokio::time::sleep;
+use tracing::warn;
 
-/// How long one connect to a backend may take before the next backend is tried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a client connection that finds no reachable backend waits for `set_backends`
-/// to publish a new set before it is closed. This covers the gap of a recreate (old
-/// instances stopped, new ones not yet registered) without making clients of a dead service
-/// hang for long.
-const NO_BACKEND_HOLD: Duration = Duration::from_secs(3);
 /// Pause after an accept error such as running out of file descriptors, so the loop does
 /// not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// What the accept loop and the connections of one service share with the [`Proxy`].
-///
-/// [`Proxy`]: crate::Proxy
-#[derive(Debug)]
+/// Backend states kept for addresses no longer in the set, beyond which idle ones are
+/// forgotten (ports come and go with every deploy).
+const KNOWN_BACKENDS_KEPT: usize = 256;
+
 pub(crate) struct ServiceTraffic {
     pub(crate) name: String,
-    /// The current backend set; a watch channel so held connections learn of a new set.
+    /// The current backend set; a watch channel so waiting requests learn of a new set.
     pub(crate) backends: watch::Sender<Arc<BackendSet>>,
-    /// Round-robin position: each new connection takes the next ticket.
-    next_ticket: AtomicUsize,
+    /// Every backend state of this service that may still have work in flight, by address.
+    known: Mutex<HashMap<SocketAddr, Arc<BackendState>>>,
     pub(crate) counters: Counters,
+    revisions: Mutex<BTreeMap<u64, RevisionStats>>,
 }
 
 impl ServiceTraffic {
@@ -42,26 +42,97 @@ impl ServiceTraffic {
         ServiceTraffic {
             name: name.to_string(),
             backends: watch::Sender::new(Arc::new(BackendSet::default())),
-            next_ticket: AtomicUsize::new(0),
+            known: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            revisions: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// Publishes `addrs` as the backends for connections accepted from now on.
-    pub(crate) fn set_backends(&self, addrs: Vec<SocketAddr>) {
-        self.backends.send_modify(|current| {
-            *current = Arc::new(BackendSet::replacing(current, addrs));
-        });
+    pub(crate) fn set_backends(&self, backends: &[crate::Backend]) {
+        let mut known = lock(&self.known);
+        let set = Arc::new(BackendSet::build(&mut known, backends));
+        if known.len() > KNOWN_BACKENDS_KEPT {
+            known.retain(|addr, state| set.contains(*addr) || state.in_flight() > 0);
+        }
+        self.backends.send_replace(set);
+    }
+
+    pub(crate) fn state_of(&self, addr: SocketAddr) -> Option<Arc<BackendState>> {
+        lock(&self.known).get(&addr).cloned()
+    }
+
+    pub(crate) fn record_revision(&self, revision: u64, latency: Duration, error: bool) {
+        let mut revisions = lock(&self.revisions);
+        let stats = revisions.entry(revision).or_default();
+        stats.requests += 1;
+        stats.errors += u64::from(error);
+        stats.latency.observe(latency);
+    }
+
+    pub(crate) fn revision_stats(&self) -> BTreeMap<u64, RevisionStats> {
+        lock(&self.revisions).clone()
+    }
+}
+
+/// One listening socket: which service and caller it serves, and how.
+pub(crate) struct ListenerCtx {
+    pub(crate) service: Arc<ServiceTraffic>,
+    pub(crate) caller: Option<String>,
+    /// Whether the listener speaks HTTP (else TCP); switchable in place, for new connections.
+    http: AtomicBool,
+    pub(crate) config: Arc<ProxyConfig>,
+    pub(crate) sink: Arc<dyn MetricsSink>,
+    pub(crate) servers: http::Servers,
+}
+
+impl ListenerCtx {
+    pub(crate) fn new(
+        service: Arc<ServiceTraffic>,
+        caller: Option<String>,
+        protocol: Protocol,
+        config: Arc<ProxyConfig>,
+        sink: Arc<dyn MetricsSink>,
+    ) -> ListenerCtx {
+        let servers = http::Servers::new(&config);
+        ListenerCtx {
+            service,
+            caller,
+            http: AtomicBool::new(protocol == Protocol::Http),
+            config,
+            sink,
+            servers,
+        }
+    }
+
+    pub(crate) fn protocol(&self) -> Protocol {
+        if self.http.load(Ordering::Relaxed) {
+            Protocol::Http
+        } else {
+            Protocol::Tcp
+        }
+    }
+
+    pub(crate) fn set_protocol(&self, protocol: Protocol) {
+        self.http
+            .store(protocol == Protocol::Http, Ordering::Relaxed);
     }
 }
 
 /// Accepts connections on `listener` until the task is aborted (which closes the listener);
 /// each connection runs in its own task and outlives the loop.
-pub(crate) async fn accept_loop(listener: TcpListener, service: Arc<ServiceTraffic>) {
+pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>) {
     loop {
         match listener.accept().await {
             Ok((client, peer)) => {
-                tokio::spawn(serve_connection(service.clone(), client, peer));
+                let _ = client.set_nodelay(true);
+                match ctx.protocol() {
+                    Protocol::Http => {
+                        tokio::spawn(http::serve_connection(ctx.clone(), client, peer));
+                    }
+                    Protocol::Tcp => {
+                        tokio::spawn(tcp::serve_connection(ctx.clone(), client, peer));
+                    }
+                }
             }
             // The client gave up before we accepted; nothing to do.
             Err(error)
@@ -70,69 +141,9 @@ pub(crate) async fn accept_loop(listener: TcpListener, service: Arc<ServiceTraff
                     io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
                 ) => {}
             Err(error) => {
-                warn!(service = %service.name, %error, "accepting a connection failed");
+                warn!(service = %ctx.service.name, %error, "accepting a connection failed");
                 sleep(ACCEPT_ERROR_PAUSE).await;
             }
-        }
-    }
-}
-
-async fn serve_connection(service: Arc<ServiceTraffic>, mut client: TcpStream, peer: SocketAddr) {
-    let _active = service.counters.connection_accepted();
-    let _ = client.set_nodelay(true);
-    let Some((mut upstream, backend)) = connect_upstream(&service).await else {
-        service.counters.unserved();
-        debug!(service = %service.name, %peer, "no backend reachable; closing the connection");
-        return;
-    };
-    debug!(service = %service.name, %peer, %backend, "connection opened");
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((to_backend, to_client)) => debug!(
-            service = %service.name, %peer, %backend, to_backend, to_client,
-            "connection closed"
-        ),
-        Err(error) => debug!(
-            service = %service.name, %peer, %backend, %error,
-            "connection ended with an error"
-        ),
-    }
-}
-
-/// Connects to a backend of `service`, trying each backend of the current set at most once,
-/// and waiting up to [`NO_BACKEND_HOLD`] for a new set when none answers.
-async fn connect_upstream(service: &ServiceTraffic) -> Option<(TcpStream, SocketAddr)> {
-    let mut backends = service.backends.subscribe();
-    let hold_until = Instant::now() + NO_BACKEND_HOLD;
-    let ticket = service.next_ticket.fetch_add(1, Ordering::Relaxed);
-    loop {
-        let set = backends.borrow_and_update().clone();
-        for backend in set.connect_order(ticket) {
-            let error = match timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
-                Ok(Ok(upstream)) => {
-                    backend.mark_reachable();
-                    let _ = upstream.set_nodelay(true);
-                    return Some((upstream, backend.addr));
-                }
-                Ok(Err(error)) => error.to_string(),
-                Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
-            };
-            service.counters.connect_failed();
-            if backend.mark_failed() {
-                warn!(
-                    service = %service.name, backend = %backend.addr, %error,
-                    "backend unreachable; skipping it for {:?}", BackendSet::OUT_AFTER_FAILURE
-                );
-            } else {
-                debug!(service = %service.name, backend = %backend.addr, %error, "backend still unreachable");
-            }
-        }
-        if set.is_empty() {
-            debug!(service = %service.name, "no backends; waiting for some");
-        }
-        match timeout_at(hold_until, backends.changed()).await {
-            Ok(Ok(())) => continue,
-            // The hold expired, or the proxy is gone.
-            Ok(Err(_)) | Err(_) => return None,
         }
     }
 }
