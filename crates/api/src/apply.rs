@@ -10,6 +10,18 @@ use tandem_spec::System;
 pub struct ApplyRequest {
     pub system: System,
     pub provenance: Provenance,
+    /// Deploy even content that was rolled back before.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/rollback`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    /// The revision to go back to; the previous good one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
+    pub who: String,
 }
 
 /// What happens to one service.
@@ -103,5 +115,8 @@ pub enum ApplyMessage {
         error: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         revision: Option<u64>,
+        /// True when a gate failed and traffic went back to the previous revision by itself.
+        #[serde(default)]
+        rolled_back: bool,
     },
 }

@@ -23,6 +23,10 @@ pub enum EventKind {
     InstanceStopped,
     InstanceReattached,
     LimitsUnavailable,
+    DeployStep,
+    TrafficShift,
+    DeployRolledBack,
+    Rollback,
     Note,
 }
 
@@ -45,6 +49,10 @@ impl EventKind {
             EventKind::InstanceStopped => "instance-stopped",
             EventKind::InstanceReattached => "instance-reattached",
             EventKind::LimitsUnavailable => "limits-unavailable",
+            EventKind::DeployStep => "deploy-step",
+            EventKind::TrafficShift => "traffic-shift",
+            EventKind::DeployRolledBack => "deploy-rolled-back",
+            EventKind::Rollback => "rollback",
             EventKind::Note => "note",
         }
     }
@@ -71,6 +79,10 @@ pub const ALL_EVENT_KINDS: &[EventKind] = &[
     EventKind::InstanceStopped,
     EventKind::InstanceReattached,
     EventKind::LimitsUnavailable,
+    EventKind::DeployStep,
+    EventKind::TrafficShift,
+    EventKind::DeployRolledBack,
+    EventKind::Rollback,
     EventKind::Note,
 ];
 

@@ -107,6 +107,13 @@ pub struct InstanceStatus {
     pub cpu_cores: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_limit_cores: Option<f64>,
+    /// Share of the service's new requests this instance gets, in percent (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_pct: Option<f64>,
+    /// Kept running without traffic after a switch, until then (ms since the epoch), so a
+    /// rollback to its revision is a switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_until_ms: Option<i64>,
 }
 
 /// One service as `tandem status` shows it.
@@ -120,12 +127,25 @@ pub struct ServiceStatus {
     pub instances: Vec<InstanceStatus>,
 }
 
+/// A deployment in progress: what holds the environment's deploy lock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployInProgress {
+    pub kind: crate::DeploymentKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    pub who: String,
+    pub started_ms: i64,
+}
+
 /// `GET /v1/status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusResponse {
     pub server: ServerInfo,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_revision: Option<u64>,
+    /// The deployment holding the lock, if one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploying: Option<DeployInProgress>,
     pub services: Vec<ServiceStatus>,
 }
 

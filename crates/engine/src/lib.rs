@@ -1,29 +1,39 @@
-//! The engine turns a resolved system into running instances and records the result.
+//! The engine moves an environment from one revision to another and keeps what runs in line
+//! with what is recorded.
 //!
-//! One operation does the work: [`Engine::apply`] compares the wanted system with what runs,
-//! starts what is new or changed beside what runs (layer by layer in dependency order, each
-//! layer waiting for its instances to pass their health check once), and only when every new
-//! instance is healthy marks the revision live, moves each service's port to the new
-//! instances and stops the old ones. A failure anywhere stops what this apply started, marks
-//! the revision failed with the reason, and leaves the previous revision running untouched.
-//! The same comparison, run against the live revision, is how a restarted server recovers
-//! ([`Engine::recover`]): it keeps instances that match, stops leftovers of an interrupted
-//! apply, and starts what is missing.
+//! [`Engine::deploy`] compares the wanted system with what runs and rolls out each changed
+//! service, in dependency order, through its release strategy (`deploy`): recreate,
+//! blue-green or canary with analysis on the proxy's own figures. Old instances keep running
+//! until the whole revision is live, so a failure anywhere puts traffic back where it was and
+//! leaves the previous revision untouched. [`Engine::rollback`] (`rollback`) restores an
+//! earlier revision, by a traffic switch when its instances are still warm. The same
+//! comparison, run against the live revision, is how a restarted server recovers
+//! ([`Engine::recover`]). Which instance takes what share of traffic lives in `routing`;
+//! dependency edges and their ports in `edges`.
 
+pub mod deploy;
+pub mod edges;
 pub mod plan;
+mod rollback;
+pub mod routing;
 
+pub use deploy::{DeployError, DeployOptions};
+
+use edges::EdgePorts;
 use futures_util::future::join_all;
 use plan::{ServiceTemplate, desired_templates, plan_services};
-use std::collections::{BTreeMap, BTreeSet};
+use routing::Routing;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tandem_api::{
-    ApplyResult, Event, EventKind, EventSink, InstanceState, Plan, Provenance, Revision,
-    ServiceAction, ServicePlan, ServiceStatus, now_ms,
+    DeployInProgress, DeploymentKind, Event, EventKind, EventSink, InstanceState, Plan, Revision,
+    ServiceStatus, now_ms,
 };
-use tandem_proxy::Proxy;
-use tandem_spec::{Release, System};
+use tandem_proxy::{ListenerKey, Protocol as ProxyProtocol, Proxy};
+use tandem_spec::System;
 use tandem_store::Store;
 use tandem_supervisor::runtime::{InstanceRequest, Runtime};
 use tokio::sync::mpsc;
@@ -31,44 +41,26 @@ use tokio::sync::mpsc;
 /// How long an unchanged dependency may take to become healthy before dependents start.
 const DEPENDENCY_WAIT: Duration = Duration::from_secs(60);
 
-/// Why an apply failed; the message names the service and the cause.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("{message}")]
-    Failed {
-        message: String,
-        revision: Option<u64>,
-    },
-    #[error("cannot read or write the revision store: {0}")]
-    Store(#[from] tandem_store::StoreError),
+/// Where an engine keeps what it needs beside the store.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub env: String,
+    /// The edge-port allocation (`edges.json` in the data directory).
+    pub edges_file: PathBuf,
 }
 
-impl ApplyError {
-    pub fn revision(&self) -> Option<u64> {
-        match self {
-            ApplyError::Failed { revision, .. } => *revision,
-            ApplyError::Store(_) => None,
-        }
-    }
-}
-
-/// Which instances take a service's traffic.
-#[derive(Default)]
-struct Routing {
-    /// service -> ids of the instances its port forwards to (when healthy).
-    serving: BTreeMap<String, BTreeSet<String>>,
-    /// service -> the port the proxy serves for it.
-    ports: BTreeMap<String, u16>,
-}
-
-/// Plans and applies revisions for one environment.
+/// Plans, deploys and rolls back revisions for one environment.
 pub struct Engine {
     env: String,
     store: Arc<Store>,
     runtime: Arc<Runtime>,
     proxy: Proxy,
     sink: Arc<dyn EventSink>,
-    apply_lock: tokio::sync::Mutex<()>,
+    edges: EdgePorts,
+    /// Held by the one deployment (deploy, up, rollback, down) that may run at a time.
+    deploy_lock: tokio::sync::Mutex<()>,
+    /// What holds `deploy_lock`, for `status` and for the message a second deploy gets.
+    current: Mutex<Option<DeployInProgress>>,
     routing: Mutex<Routing>,
 }
 
@@ -78,10 +70,10 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Progress lines of an apply, sent as they happen.
+/// Progress lines of a deployment, sent as they happen.
 pub type Progress = mpsc::UnboundedSender<String>;
 
-fn say(progress: &Option<Progress>, text: impl Into<String>) {
+pub(crate) fn say(progress: &Option<Progress>, text: impl Into<String>) {
     let text = text.into();
     tracing::info!("{text}");
     if let Some(p) = progress {
@@ -89,25 +81,45 @@ fn say(progress: &Option<Progress>, text: impl Into<String>) {
     }
 }
 
+/// Why a read of the engine's state failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the revision store: {0}")]
+pub struct StateError(#[from] pub tandem_store::StoreError);
+
+/// Clears [`Engine::current`] when a deployment ends, however it ends.
+pub(crate) struct LockGuard<'a> {
+    engine: &'a Engine,
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        *self.engine.current.lock().expect("current lock") = None;
+    }
+}
+
 // === impl Engine ===
 
 impl Engine {
     pub fn new(
-        env: &str,
+        config: EngineConfig,
         store: Arc<Store>,
         runtime: Arc<Runtime>,
         proxy: Proxy,
         sink: Arc<dyn EventSink>,
     ) -> Arc<Engine> {
         let engine = Arc::new(Engine {
-            env: env.to_string(),
+            env: config.env.clone(),
             store,
             runtime,
             proxy,
             sink,
-            apply_lock: tokio::sync::Mutex::new(()),
+            edges: EdgePorts::load(config.edges_file),
+            deploy_lock: tokio::sync::Mutex::new(()),
+            current: Mutex::new(None),
             routing: Mutex::new(Routing::default()),
         });
+        // Keep the proxy's backends in line with health changes.
         let weak = Arc::downgrade(&engine);
         let changed = engine.runtime.changed();
         tokio::spawn(async move {
@@ -125,6 +137,34 @@ impl Engine {
                 }
             }
         });
+        // Stop warm instances whose time is up.
+        let weak = Arc::downgrade(&engine);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(engine) = weak.upgrade() else { return };
+                let now = tokio::time::Instant::now();
+                let expired: Vec<String> = {
+                    let mut routing = engine.routing.lock().expect("routing lock");
+                    let mut out = Vec::new();
+                    for list in routing.warm.values_mut() {
+                        list.retain(|w| {
+                            if w.until <= now {
+                                out.push(w.id.clone());
+                                false
+                            } else {
+                                true
+                            }
+                        });
+                    }
+                    out
+                };
+                for id in expired {
+                    tracing::info!("{id}: keep_warm is over; stopping it");
+                    let _ = engine.runtime.stop(&id).await;
+                }
+            }
+        });
         engine
     }
 
@@ -136,45 +176,101 @@ impl Engine {
         &self.store
     }
 
-    /// Points every served port at the healthy instances that serve it.
-    fn update_backends(&self) {
-        let routing = self.routing.lock().expect("routing lock");
-        for (service, ids) in &routing.serving {
-            if !routing.ports.contains_key(service) {
-                continue;
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
+    /// Points every listener at the healthy instances that take its service's traffic.
+    pub(crate) fn update_backends(&self) {
+        self.routing
+            .lock()
+            .expect("routing lock")
+            .apply(&self.proxy, &self.runtime);
+    }
+
+    /// Takes the deploy lock, or says who holds it.
+    pub(crate) fn try_lock(
+        &self,
+        kind: DeploymentKind,
+        who: &str,
+    ) -> Result<LockGuard<'_>, String> {
+        match self.deploy_lock.try_lock() {
+            Ok(guard) => {
+                *self.current.lock().expect("current lock") = Some(DeployInProgress {
+                    kind,
+                    revision: None,
+                    who: who.to_string(),
+                    started_ms: now_ms(),
+                });
+                Ok(LockGuard {
+                    engine: self,
+                    _guard: guard,
+                })
             }
-            let backends: Vec<SocketAddr> = ids
-                .iter()
-                .filter_map(|id| self.runtime.status(id))
-                .filter(|s| s.state == InstanceState::Healthy)
-                .map(|s| SocketAddr::from(([127, 0, 0, 1], s.port)))
-                .collect();
-            self.proxy.set_backends(service, backends);
+            Err(_) => {
+                let current = self.current.lock().expect("current lock").clone();
+                Err(match current {
+                    Some(c) => format!(
+                        "a {} {}by {} has been running for {}s in {}; wait for it to finish (`tandem status` shows it)",
+                        c.kind.as_str(),
+                        c.revision
+                            .map(|r| format!("of revision {r} "))
+                            .unwrap_or_default(),
+                        c.who,
+                        (now_ms() - c.started_ms) / 1000,
+                        self.env
+                    ),
+                    None => format!(
+                        "another deployment is running in {}; wait for it to finish",
+                        self.env
+                    ),
+                })
+            }
         }
     }
 
-    /// What applying `system` would do now.
-    pub fn plan(&self, system: &System) -> Result<Plan, ApplyError> {
+    pub(crate) fn set_current_revision(&self, revision: u64) {
+        if let Some(c) = self.current.lock().expect("current lock").as_mut() {
+            c.revision = Some(revision);
+        }
+    }
+
+    /// The deployment holding the lock, if any.
+    pub fn deploying(&self) -> Option<DeployInProgress> {
+        self.current.lock().expect("current lock").clone()
+    }
+
+    /// What deploying `system` would do now.
+    pub fn plan(&self, system: &System) -> Result<Plan, StateError> {
         let live = self.store.live(&self.env)?;
+        if let Err(e) = self.edges.ensure(system) {
+            tracing::warn!("cannot save edge ports: {e}");
+        }
         Ok(self.plan_against(system, live.as_ref()))
     }
 
-    fn plan_against(&self, system: &System, live: Option<&Revision>) -> Plan {
+    pub(crate) fn plan_against(&self, system: &System, live: Option<&Revision>) -> Plan {
         let hash = tandem_spec::content_hash(system);
         let changes = match live {
             Some(l) => plan::field_changes(&l.system, system),
             None => plan::field_changes_from_nothing(system),
         };
+        let warm = self.routing.lock().expect("routing lock").warm_ids();
         let running: BTreeMap<String, Vec<(String, u32, String)>> = self
             .runtime
             .services()
             .into_iter()
             .map(|s| {
-                let inst = self.runtime.instances_of(&s);
+                let inst = self
+                    .runtime
+                    .instances_of(&s)
+                    .into_iter()
+                    .filter(|(id, _, _)| !warm.contains(id))
+                    .collect();
                 (s, inst)
             })
             .collect();
-        let services = plan_services(system, live.map(|l| &l.system), &running);
+        let services = plan_services(system, live.map(|l| &l.system), &running, &self.edges);
         Plan {
             env: self.env.clone(),
             live_revision: live.map(|l| l.number),
@@ -185,437 +281,115 @@ impl Engine {
         }
     }
 
-    /// Applies `system` as a new revision (or restores the live one when it is the same).
-    pub async fn apply(
-        &self,
-        system: System,
-        provenance: Provenance,
-        progress: Option<Progress>,
-    ) -> Result<ApplyResult, ApplyError> {
-        let _guard = self.apply_lock.lock().await;
-        let started = tokio::time::Instant::now();
-        let live = self.store.live(&self.env)?;
-        let plan = self.plan_against(&system, live.as_ref());
-        if plan.same_as_live && !plan.services.iter().any(|s| s.action.touches()) {
-            let number = live.as_ref().map(|l| l.number).unwrap_or(0);
-            say(
-                &progress,
-                format!("no changes: revision {number} is live and running"),
-            );
-            return Ok(ApplyResult {
-                revision: number,
-                new_revision: false,
-                services: plan.services,
-                duration_ms: started.elapsed().as_millis() as u64,
-            });
-        }
-        let (number, new_revision) = match (&live, plan.same_as_live) {
-            (Some(l), true) => (l.number, false),
-            _ => {
-                let rev = self
-                    .store
-                    .begin_revision(&self.env, &system, &plan.hash, &provenance)?;
-                (rev.number, true)
-            }
-        };
-        self.emit(
-            EventKind::ApplyStarted,
-            None,
-            Some(number),
-            Some(provenance.author.clone()),
-            if new_revision {
-                format!("applying revision {number}")
-            } else {
-                format!("restoring revision {number}")
-            },
-        );
-        say(
-            &progress,
-            if new_revision {
-                format!("applying revision {number} to {}", self.env)
-            } else {
-                format!("revision {number} is live; starting what is missing")
-            },
-        );
-        match self
-            .execute(&system, number, &plan.services, &progress)
-            .await
-        {
-            Ok(started_ids) => {
-                if new_revision {
-                    self.store.mark_live(&self.env, number)?;
-                }
-                self.switch_over(&system, &plan.services, &started_ids, &progress)
-                    .await;
-                let ms = started.elapsed().as_millis() as u64;
-                self.emit(
-                    EventKind::RevisionApplied,
-                    None,
-                    Some(number),
-                    Some(provenance.author.clone()),
-                    format!("revision {number} is live ({ms} ms)"),
-                );
-                Ok(ApplyResult {
-                    revision: number,
-                    new_revision,
-                    services: plan.services,
-                    duration_ms: ms,
-                })
-            }
-            Err((message, started_ids, recreated)) => {
-                say(&progress, format!("apply failed: {message}"));
-                say(
-                    &progress,
-                    "stopping what this apply started; the previous state keeps running",
-                );
-                let stops = started_ids.iter().map(|id| self.runtime.stop(id));
-                join_all(stops).await;
-                self.close_unserved_ports();
-                if !recreated.is_empty()
-                    && let Some(l) = &live
-                {
-                    self.restore_services(&l.system, l.number, &recreated, &progress)
-                        .await;
-                }
-                if new_revision {
-                    self.store.mark_failed(&self.env, number, &message)?;
-                }
-                self.emit(
-                    EventKind::ApplyFailed,
-                    None,
-                    Some(number),
-                    Some(provenance.author.clone()),
-                    format!("revision {number} failed: {message}"),
-                );
-                Err(ApplyError::Failed {
-                    message,
-                    revision: new_revision.then_some(number),
-                })
-            }
-        }
+    pub(crate) fn templates(&self, system: &System) -> BTreeMap<String, ServiceTemplate> {
+        desired_templates(system, &self.env, &self.edges)
     }
 
-    /// Starts new instances layer by layer and waits for each layer's health. On failure
-    /// returns the message, the ids started so far, and the services whose old instances a
-    /// `recreate` release already stopped.
-    async fn execute(
-        &self,
-        system: &System,
-        revision: u64,
-        plans: &[ServicePlan],
-        progress: &Option<Progress>,
-    ) -> Result<Vec<String>, (String, Vec<String>, Vec<String>)> {
-        let templates = desired_templates(system, &self.env);
-        let actions: BTreeMap<&str, &ServicePlan> =
-            plans.iter().map(|p| (p.name.as_str(), p)).collect();
-        let mut started: Vec<String> = Vec::new();
-        let mut recreated: Vec<String> = Vec::new();
-
-        // Ports first: a port held by another program fails the apply before anything starts.
+    /// Opens (or moves) every listener `system` needs: each service's public port and one
+    /// edge listener per dependency. Fails, before anything starts, when a port is held by
+    /// another program.
+    pub(crate) async fn open_listeners(&self, system: &System) -> Result<(), String> {
+        if let Err(e) = self.edges.ensure(system) {
+            return Err(format!("cannot save the edge ports: {e}"));
+        }
+        let current: Vec<(ListenerKey, SocketAddr)> = self
+            .proxy
+            .listeners()
+            .into_iter()
+            .map(|(k, a, _)| (k, a))
+            .collect();
+        let mut wanted: Vec<(ListenerKey, SocketAddr, ProxyProtocol)> = Vec::new();
         for (name, service) in &system.service {
-            let Some(port) = service.port else { continue };
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let already = self
-                .proxy
-                .listening()
-                .iter()
-                .any(|(s, a)| s == name && *a == addr);
-            if already {
+            let protocol = proxy_protocol(service.protocol);
+            if let Some(port) = service.port {
+                wanted.push((
+                    ListenerKey {
+                        service: name.clone(),
+                        caller: None,
+                    },
+                    SocketAddr::from(([127, 0, 0, 1], port)),
+                    protocol,
+                ));
+            }
+        }
+        for (caller, callee, port) in self.edges.edges_of(system) {
+            let protocol = proxy_protocol(system.service[&callee].protocol);
+            wanted.push((
+                ListenerKey {
+                    service: callee,
+                    caller: Some(caller),
+                },
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                protocol,
+            ));
+        }
+        // Check every new port first, so nothing is half-opened when one is taken.
+        for (key, addr, _) in &wanted {
+            let held_by_us = current.iter().any(|(_, a)| a == addr);
+            if held_by_us {
                 continue;
             }
             if let Err(e) = std::net::TcpListener::bind(addr) {
-                let held_by_us = self.proxy.listening().iter().any(|(_, a)| *a == addr);
-                if !held_by_us {
-                    return Err((
-                        format!(
-                            "port {port} of service '{name}' is already in use by another program ({e}); stop that program or change `port`"
-                        ),
-                        started,
-                        recreated,
-                    ));
-                }
+                return Err(match &key.caller {
+                    None => format!(
+                        "port {} of service '{}' is already in use by another program ({e}); stop that program or change `port`",
+                        addr.port(),
+                        key.service
+                    ),
+                    Some(caller) => format!(
+                        "the edge port {} of {caller} -> {} is already in use by another program ({e}); stop that program, or delete edges.json in the data directory to pick new edge ports",
+                        addr.port(),
+                        key.service
+                    ),
+                });
             }
         }
-
-        for layer in tandem_spec::start_order(system) {
-            let mut waits = Vec::new();
-            for name in &layer {
-                let Some(plan) = actions.get(name.as_str()) else {
-                    continue;
-                };
-                let template = &templates[name];
-                let service = &system.service[name];
-                for dep in &service.depends_on {
-                    if let Err(e) = self.wait_dependency(dep).await {
-                        return Err((
-                            format!("service '{name}' cannot start: {e}"),
-                            started,
-                            recreated,
-                        ));
-                    }
-                }
-                let existing = self.runtime.instances_of(name);
-                let indexes: Vec<u32> = match &plan.action {
-                    ServiceAction::Keep | ServiceAction::Remove => continue,
-                    ServiceAction::Start | ServiceAction::Replace => {
-                        (0..service.replicas).collect()
-                    }
-                    ServiceAction::Scale { .. } | ServiceAction::Restore => {
-                        let have: BTreeSet<u32> = existing
-                            .iter()
-                            .filter(|(_, _, t)| *t == template.hash)
-                            .map(|(_, i, _)| *i)
-                            .collect();
-                        (0..service.replicas)
-                            .filter(|i| !have.contains(i))
-                            .collect()
-                    }
-                };
-                if matches!(plan.action, ServiceAction::Replace)
-                    && matches!(service.release, Some(Release::Recreate))
-                    && !existing.is_empty()
-                {
-                    say(
-                        progress,
-                        format!("{name}: stopping the old instances first (release = recreate)"),
-                    );
-                    join_all(existing.iter().map(|(id, _, _)| self.runtime.stop(id))).await;
-                    recreated.push(name.clone());
-                }
-                if !indexes.is_empty() {
-                    say(
-                        progress,
-                        format!("{name}: starting {} instance(s)", indexes.len()),
-                    );
-                }
-                for index in indexes {
-                    let request = instance_request(template, name, revision, index);
-                    match self.runtime.start(request) {
-                        Ok(id) => {
-                            started.push(id.clone());
-                            waits.push((name.clone(), id));
-                        }
-                        Err(e) => {
-                            return Err((format!("service '{name}': {e}"), started, recreated));
-                        }
-                    }
-                }
-            }
-            let results = join_all(waits.iter().map(|(name, id)| async move {
-                let r = self.runtime.wait_ready(id).await;
-                (name.clone(), id.clone(), r)
-            }))
-            .await;
-            let mut failure = None;
-            for (name, id, result) in results {
-                match result {
-                    Ok(()) => say(progress, format!("{name}: {id} is healthy")),
-                    Err(e) => {
-                        if failure.is_none() {
-                            let tail = self.log_tail(&name, &id, 8);
-                            let mut message = format!("service '{name}': {e}");
-                            if !tail.is_empty() {
-                                message.push_str("\n  last output:\n");
-                                for line in tail {
-                                    message.push_str("    ");
-                                    message.push_str(&line);
-                                    message.push('\n');
-                                }
-                                message = message.trim_end().to_string();
-                            }
-                            failure = Some(message);
-                        }
-                    }
-                }
-            }
-            if let Some(message) = failure {
-                return Err((message, started, recreated));
-            }
-        }
-        Ok(started)
-    }
-
-    /// After the revision is live: moves traffic to the new instances and stops the old ones,
-    /// dependents before their dependencies.
-    async fn switch_over(
-        &self,
-        system: &System,
-        plans: &[ServicePlan],
-        started: &[String],
-        progress: &Option<Progress>,
-    ) {
-        let templates = desired_templates(system, &self.env);
-        let started: BTreeSet<&String> = started.iter().collect();
-        let mut to_stop: Vec<(String, String)> = Vec::new();
-        {
-            for (name, service) in &system.service {
-                if let Some(port) = service.port {
-                    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                    let current = self
-                        .proxy
-                        .listening()
-                        .into_iter()
-                        .find(|(s, _)| s == name)
-                        .map(|(_, a)| a);
-                    if current.is_some_and(|a| a != addr) {
-                        self.proxy.close(name);
-                    }
-                    if current != Some(addr)
-                        && let Err(e) = self.proxy.listen(name, addr).await
-                    {
-                        say(progress, format!("{name}: {e}"));
-                    }
-                } else if self.proxy.listening().iter().any(|(s, _)| s == name) {
-                    self.proxy.close(name);
-                }
-            }
-        }
-        {
-            let mut routing = self.routing.lock().expect("routing lock");
-            routing.serving.clear();
-            routing.ports.clear();
-            for (name, service) in &system.service {
-                let template = &templates[name];
-                // One instance per index: the fresh one when an index has two.
-                let mut keep: BTreeMap<u32, String> = BTreeMap::new();
-                let mut instances = self.runtime.instances_of(name);
-                instances.sort_by_key(|(id, _, _)| started.contains(id));
-                for (id, index, hash) in instances {
-                    if hash == template.hash && index < service.replicas {
-                        if let Some(replaced) = keep.insert(index, id) {
-                            to_stop.push((name.clone(), replaced));
-                        }
-                    } else {
-                        to_stop.push((name.clone(), id));
-                    }
-                }
-                routing
-                    .serving
-                    .insert(name.clone(), keep.into_values().collect());
-                if let Some(port) = service.port {
-                    routing.ports.insert(name.clone(), port);
-                }
-            }
-            for service in self.runtime.services() {
-                if !system.service.contains_key(&service) {
-                    for (id, _, _) in self.runtime.instances_of(&service) {
-                        to_stop.push((service.clone(), id));
-                    }
-                }
-            }
-        }
-        self.update_backends();
-        for (service, _) in self.proxy.listening() {
-            if !system.service.contains_key(&service) {
-                self.proxy.close(&service);
-            }
-        }
-        // Stop old instances in reverse dependency order, one layer at a time.
-        let mut order: Vec<String> = tandem_spec::start_order(system)
-            .into_iter()
-            .flatten()
-            .collect();
-        order.reverse();
-        let removed: Vec<String> = plans
-            .iter()
-            .filter(|p| matches!(p.action, ServiceAction::Remove))
-            .map(|p| p.name.clone())
-            .collect();
-        let mut stop_order: Vec<String> = removed;
-        stop_order.extend(order);
-        for service in stop_order {
-            let ids: Vec<String> = to_stop
-                .iter()
-                .filter(|(s, _)| *s == service)
-                .map(|(_, id)| id.clone())
-                .collect();
-            if ids.is_empty() {
-                continue;
-            }
-            say(
-                progress,
-                format!("{service}: stopping {} old instance(s)", ids.len()),
-            );
-            join_all(ids.iter().map(|id| self.runtime.stop(id))).await;
-        }
-        // Leftovers of services in neither list (should not happen, but never leak).
-        let leftovers: Vec<String> = to_stop
-            .iter()
-            .filter(|(_, id)| self.runtime.status(id).is_some())
-            .map(|(_, id)| id.clone())
-            .collect();
-        join_all(leftovers.iter().map(|id| self.runtime.stop(id))).await;
-    }
-
-    /// Restarts services whose old instances a failed `recreate` already stopped.
-    async fn restore_services(
-        &self,
-        system: &System,
-        revision: u64,
-        services: &[String],
-        progress: &Option<Progress>,
-    ) {
-        let templates = desired_templates(system, &self.env);
-        for name in services {
-            let (Some(template), Some(service)) = (templates.get(name), system.service.get(name))
-            else {
-                continue;
+        for (key, addr, protocol) in wanted {
+            let label = match &key.caller {
+                None => format!("port {} of service '{}'", addr.port(), key.service),
+                Some(c) => format!("edge {c} -> {} on port {}", key.service, addr.port()),
             };
-            say(
-                progress,
-                format!("{name}: starting the previous revision's instances again"),
-            );
-            for index in 0..service.replicas {
-                let _ = self
-                    .runtime
-                    .start(instance_request(template, name, revision, index));
-            }
+            self.proxy
+                .listen_on(key, addr, protocol)
+                .await
+                .map_err(|e| format!("cannot open {label}: {e}"))?;
         }
-        self.reset_routing(system);
+        Ok(())
     }
 
-    fn close_unserved_ports(&self) {
-        let routing = self.routing.lock().expect("routing lock");
-        for (service, _) in self.proxy.listening() {
-            if !routing.ports.contains_key(&service) {
-                self.proxy.close(&service);
-            }
-        }
-    }
-
-    /// Routes every service of `system` to its instances that match the definition.
-    fn reset_routing(&self, system: &System) {
-        let templates = desired_templates(system, &self.env);
-        let mut routing = self.routing.lock().expect("routing lock");
-        routing.serving.clear();
-        routing.ports.clear();
-        for (name, service) in &system.service {
-            let ids = self
-                .runtime
-                .instances_of(name)
-                .into_iter()
-                .filter(|(_, _, h)| *h == templates[name].hash)
-                .map(|(id, _, _)| id)
-                .collect();
-            routing.serving.insert(name.clone(), ids);
-            if let Some(port) = service.port {
-                routing.ports.insert(name.clone(), port);
+    /// Closes the listeners `system` does not need.
+    pub(crate) fn close_unneeded_listeners(&self, system: &System) {
+        let edges: Vec<(String, String)> = self
+            .edges
+            .edges_of(system)
+            .into_iter()
+            .map(|(a, b, _)| (a, b))
+            .collect();
+        for (key, _, _) in self.proxy.listeners() {
+            let needed = match &key.caller {
+                None => system
+                    .service
+                    .get(&key.service)
+                    .is_some_and(|s| s.port.is_some()),
+                Some(caller) => edges.contains(&(caller.clone(), key.service.clone())),
+            };
+            if !needed {
+                self.proxy.close_listener(&key);
             }
         }
     }
 
-    async fn wait_dependency(&self, dep: &str) -> Result<(), String> {
+    pub(crate) async fn wait_dependency(&self, dep: &str) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + DEPENDENCY_WAIT;
         let changed = self.runtime.changed();
         loop {
             let notified = changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let instances: Vec<_> = self
-                .runtime
-                .instances_of(dep)
-                .into_iter()
-                .filter_map(|(id, _, _)| self.runtime.status(&id))
+            let serving = self.routing.lock().expect("routing lock").serving(dep);
+            let instances: Vec<_> = serving
+                .iter()
+                .filter_map(|id| self.runtime.status(id))
                 .collect();
             if instances.iter().any(|s| s.state == InstanceState::Healthy) {
                 return Ok(());
@@ -646,16 +420,17 @@ impl Engine {
         }
     }
 
-    /// After a server restart: re-attach to the running instances, finish an interrupted
-    /// apply (its revision is failed; its instances stop), and start what is missing, unless
-    /// the environment was taken down on purpose (`start_missing` false: after `tandem down`
-    /// nothing starts again until the next apply).
+    /// After a server restart: re-attach to the running instances, settle an interrupted
+    /// deployment (its revision is failed; its instances stop; traffic goes to the live
+    /// revision), and start what is missing, unless the environment was taken down on
+    /// purpose (`start_missing` false: after `tandem down` nothing starts again until the
+    /// next deploy).
     pub async fn recover(
         &self,
         progress: Option<Progress>,
         start_missing: bool,
-    ) -> Result<(), ApplyError> {
-        let _guard = self.apply_lock.lock().await;
+    ) -> Result<(), StateError> {
+        let _guard = self.deploy_lock.lock().await;
         for number in self.store.recover_interrupted(&self.env)? {
             self.emit(
                 EventKind::ApplyFailed,
@@ -665,6 +440,7 @@ impl Engine {
                 format!("revision {number} failed: the server stopped during the apply"),
             );
         }
+        self.store.recover_interrupted_deployments(&self.env)?;
         let reattached = self.runtime.reattach_all();
         say(
             &progress,
@@ -679,27 +455,76 @@ impl Engine {
                 return Ok(());
             }
         };
-        self.reset_routing(&live.system);
+        if let Err(e) = self.open_listeners(&live.system).await {
+            say(&progress, format!("recovery: {e}"));
+        }
+        // Route each service to the instances that run its live definition; stop the rest.
+        let templates = self.templates(&live.system);
+        let mut strays = Vec::new();
+        {
+            let mut routing = self.routing.lock().expect("routing lock");
+            routing.weights.clear();
+            routing.warm.clear();
+            for service in self.runtime.services() {
+                let Some(spec) = live.system.service.get(&service) else {
+                    strays.extend(
+                        self.runtime
+                            .instances_of(&service)
+                            .into_iter()
+                            .map(|(id, _, _)| id),
+                    );
+                    continue;
+                };
+                let mut by_index: BTreeMap<u32, String> = BTreeMap::new();
+                for (id, index, hash) in self.runtime.instances_of(&service) {
+                    if hash == templates[&service].hash
+                        && index < spec.replicas
+                        && !by_index.contains_key(&index)
+                    {
+                        by_index.insert(index, id);
+                    } else {
+                        strays.push(id);
+                    }
+                }
+                let ids: Vec<String> = by_index.into_values().collect();
+                routing.all_to(&service, &ids);
+            }
+        }
+        self.update_backends();
+        join_all(strays.iter().map(|id| self.runtime.stop(id))).await;
+        // Start what is missing (and replace what no longer matches), without canary steps.
         let plan = self.plan_against(&live.system, Some(&live));
-        if let Err((message, _, _)) = self
-            .execute(&live.system, live.number, &plan.services, &progress)
+        let mut run = deploy::Run::default();
+        let options = DeployOptions {
+            force: true,
+            plain: true,
+        };
+        if let Err(failure) = self
+            .roll_out(
+                &live.system,
+                live.number,
+                &plan.services,
+                &mut run,
+                None,
+                &options,
+                &progress,
+            )
             .await
         {
             say(
                 &progress,
-                format!("recovery could not start everything: {message}"),
+                format!("recovery could not start everything: {}", failure.message),
             );
         }
-        let empty: Vec<String> = Vec::new();
-        self.switch_over(&live.system, &plan.services, &empty, &progress)
-            .await;
+        self.retire(&live.system, run, &progress).await;
+        self.close_unneeded_listeners(&live.system);
         Ok(())
     }
 
-    /// Stops every instance, dependents first, and closes every port.
-    pub async fn down(&self, progress: Option<Progress>) -> Result<(), ApplyError> {
-        let _guard = self.apply_lock.lock().await;
-        let live = self.store.live(&self.env)?;
+    /// Stops every instance, dependents first, and closes every listener.
+    pub async fn down(&self, progress: Option<Progress>) -> Result<(), String> {
+        let _guard = self.try_lock(DeploymentKind::Deploy, "down")?;
+        let live = self.store.live(&self.env).map_err(|e| e.to_string())?;
         let mut order: Vec<String> = live
             .as_ref()
             .map(|l| {
@@ -715,8 +540,13 @@ impl Engine {
                 order.insert(0, service);
             }
         }
-        for (service, _) in self.proxy.listening() {
-            self.proxy.close(&service);
+        for (key, _, _) in self.proxy.listeners() {
+            self.proxy.close_listener(&key);
+        }
+        {
+            let mut routing = self.routing.lock().expect("routing lock");
+            routing.weights.clear();
+            routing.warm.clear();
         }
         for service in order {
             let ids: Vec<String> = self
@@ -735,9 +565,6 @@ impl Engine {
             join_all(ids.iter().map(|id| self.runtime.stop(id))).await;
         }
         self.runtime.remove_cgroup_root();
-        let mut routing = self.routing.lock().expect("routing lock");
-        routing.serving.clear();
-        routing.ports.clear();
         Ok(())
     }
 
@@ -763,11 +590,32 @@ impl Engine {
         Ok(ids.len())
     }
 
-    /// Every service of the live revision (and any other that still runs), with instances.
-    pub fn services_status(&self) -> Result<(Option<u64>, Vec<ServiceStatus>), ApplyError> {
+    /// Every service of the live revision (and any other that still runs), with instances,
+    /// their share of traffic and whether they are kept warm.
+    pub fn services_status(&self) -> Result<(Option<u64>, Vec<ServiceStatus>), StateError> {
         let live = self.store.live(&self.env)?;
         let mut all = self.runtime.list();
         all.sort_by(|a, b| (&a.service, a.index, &a.id).cmp(&(&b.service, b.index, &b.id)));
+        {
+            let routing = self.routing.lock().expect("routing lock");
+            let now = tokio::time::Instant::now();
+            for i in &mut all {
+                if let Some(weights) = routing.weights.get(&i.service) {
+                    let total: u32 = weights.values().sum();
+                    if let Some(w) = weights.get(&i.id).filter(|_| total > 0) {
+                        i.traffic_pct = Some(f64::from(*w) * 100.0 / f64::from(total));
+                    }
+                }
+                if let Some(w) = routing
+                    .warm
+                    .get(&i.service)
+                    .and_then(|l| l.iter().find(|w| w.id == i.id))
+                {
+                    let left = w.until.saturating_duration_since(now);
+                    i.warm_until_ms = Some(now_ms() + left.as_millis() as i64);
+                }
+            }
+        }
         let mut services: BTreeMap<String, ServiceStatus> = BTreeMap::new();
         if let Some(l) = &live {
             for (name, s) in &l.system.service {
@@ -798,7 +646,7 @@ impl Engine {
     }
 
     /// The last `n` lines an instance wrote.
-    fn log_tail(&self, service: &str, id: &str, n: usize) -> Vec<String> {
+    pub(crate) fn log_tail(&self, service: &str, id: &str, n: usize) -> Vec<String> {
         let path = self
             .runtime
             .logs_dir()
@@ -813,7 +661,7 @@ impl Engine {
         }
     }
 
-    fn emit(
+    pub(crate) fn emit(
         &self,
         kind: EventKind,
         service: Option<String>,
@@ -834,7 +682,14 @@ impl Engine {
     }
 }
 
-fn instance_request(
+pub(crate) fn proxy_protocol(p: tandem_spec::Protocol) -> ProxyProtocol {
+    match p {
+        tandem_spec::Protocol::Http => ProxyProtocol::Http,
+        tandem_spec::Protocol::Tcp => ProxyProtocol::Tcp,
+    }
+}
+
+pub(crate) fn instance_request(
     template: &ServiceTemplate,
     name: &str,
     revision: u64,

@@ -6,6 +6,7 @@
 //! Comparing template hashes, not revision numbers, is what lets an unchanged service stay
 //! untouched across revisions and lets a restarted server recognise its instances.
 
+use crate::edges::EdgePorts;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use tandem_api::{FieldChange, ServiceAction, ServicePlan};
@@ -34,8 +35,13 @@ pub fn env_prefix(service: &str) -> String {
         .collect()
 }
 
-/// Templates of every service of `system`.
-pub fn desired_templates(system: &System, env_name: &str) -> BTreeMap<String, ServiceTemplate> {
+/// Templates of every service of `system`; dependencies are reached through their edge
+/// listeners (see [`EdgePorts`]), allocated with [`EdgePorts::ensure`] beforehand.
+pub fn desired_templates(
+    system: &System,
+    env_name: &str,
+    edges: &EdgePorts,
+) -> BTreeMap<String, ServiceTemplate> {
     system
         .service
         .iter()
@@ -44,7 +50,8 @@ pub fn desired_templates(system: &System, env_name: &str) -> BTreeMap<String, Se
             env.insert("TANDEM_ENV".to_string(), env_name.to_string());
             env.insert("TANDEM_SERVICE".to_string(), name.clone());
             for dep in &service.depends_on {
-                if let Some(port) = system.service.get(dep).and_then(|d| d.port) {
+                let edge = edges.get(name, dep);
+                if let Some(port) = edge.or_else(|| system.service.get(dep).and_then(|d| d.port)) {
                     let prefix = env_prefix(dep);
                     env.insert(format!("{prefix}_URL"), format!("http://127.0.0.1:{port}"));
                     env.insert(format!("{prefix}_ADDR"), format!("127.0.0.1:{port}"));
@@ -60,6 +67,7 @@ pub fn desired_templates(system: &System, env_name: &str) -> BTreeMap<String, Se
             process_view.replicas = 0;
             process_view.release = None;
             process_view.metrics = None;
+            process_view.protocol = Default::default();
             let mut hasher = Sha256::new();
             hasher.update(serde_json::to_vec(&process_view).unwrap_or_default());
             hasher.update(serde_json::to_vec(&env).unwrap_or_default());
@@ -82,8 +90,9 @@ pub fn plan_services(
     system: &System,
     live: Option<&System>,
     running: &BTreeMap<String, Vec<(String, u32, String)>>,
+    edges: &EdgePorts,
 ) -> Vec<ServicePlan> {
-    let templates = desired_templates(system, &system.env);
+    let templates = desired_templates(system, &system.env, edges);
     let mut plans = Vec::new();
     for (name, service) in &system.service {
         let template = &templates[name];
@@ -176,7 +185,7 @@ pub fn plan_services(
 
 /// Fields that, when changed, need new processes (everything but these).
 fn changes_process(path: &str) -> bool {
-    !(path == "replicas" || path.starts_with("release") || path == "metrics")
+    !(path == "replicas" || path.starts_with("release") || path == "metrics" || path == "protocol")
 }
 
 fn service_field_changes(name: &str, old: &Service, new: &Service) -> Vec<String> {

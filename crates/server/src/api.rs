@@ -27,6 +27,8 @@ pub(crate) fn router(state: Arc<AppState>, needs_token: bool) -> Router {
         .route("/v1/server", get(server_info))
         .route("/v1/plan", post(plan))
         .route("/v1/apply", post(apply))
+        .route("/v1/rollback", post(rollback))
+        .route("/v1/deployments", get(deployments))
         .route("/v1/down", post(down))
         .route("/v1/restart/{service}", post(restart))
         .route("/v1/revisions", get(revisions))
@@ -95,6 +97,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
         Ok((live_revision, services)) => Json(StatusResponse {
             server: state.info.clone(),
             live_revision,
+            deploying: state.engine.deploying(),
             services,
         })
         .into_response(),
@@ -152,23 +155,64 @@ async fn apply(State(state): State<Arc<AppState>>, Json(request): Json<ApplyRequ
         if let Err(e) = dir.mark_down(false) {
             tracing::warn!("cannot clear the down mark: {e}");
         }
-        // The apply runs to its end even when the client goes away.
+        // The deployment runs to its end even when the client goes away.
+        let options = tandem_engine::DeployOptions {
+            force: request.force,
+            plain: false,
+        };
         let result = engine
-            .apply(request.system, request.provenance, Some(ptx))
+            .deploy(request.system, request.provenance, options, Some(ptx))
             .await;
         let _ = forward.await;
-        match result {
-            Ok(done) => send(ApplyMessage::Done(done)).await,
-            Err(e) => {
-                send(ApplyMessage::Failed {
-                    revision: e.revision(),
-                    error: e.to_string(),
-                })
-                .await
-            }
-        }
+        send(outcome_message(result)).await;
     });
     ndjson_response(rx)
+}
+
+fn outcome_message(
+    result: Result<tandem_api::ApplyResult, tandem_engine::DeployError>,
+) -> ApplyMessage {
+    match result {
+        Ok(done) => ApplyMessage::Done(done),
+        Err(e) => ApplyMessage::Failed {
+            revision: e.revision(),
+            rolled_back: matches!(e, tandem_engine::DeployError::RolledBack { .. }),
+            error: e.to_string(),
+        },
+    }
+}
+
+async fn rollback(
+    State(state): State<Arc<AppState>>,
+    Json(request): Json<tandem_api::RollbackRequest>,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<String>(64);
+    let engine = state.engine.clone();
+    let dir = state.dir.clone();
+    let mut recovered = state.recovered.clone();
+    tokio::spawn(async move {
+        let _ = recovered.wait_for(|r| *r).await;
+        if let Err(e) = dir.mark_down(false) {
+            tracing::warn!("cannot clear the down mark: {e}");
+        }
+        let (ptx, forward) = forward_progress(tx.clone());
+        let result = engine.rollback(request.to, &request.who, Some(ptx)).await;
+        let _ = forward.await;
+        let line = serde_json::to_string(&outcome_message(result)).unwrap_or_default();
+        let _ = tx.send(line).await;
+    });
+    ndjson_response(rx)
+}
+
+async fn deployments(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Response {
+    match state
+        .engine
+        .store()
+        .deployments(&state.env, q.limit.unwrap_or(50))
+    {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 async fn down(State(state): State<Arc<AppState>>) -> Response {

@@ -12,6 +12,7 @@ mod api;
 mod auth;
 pub mod files;
 mod logs;
+mod metrics;
 mod recorder;
 
 use std::net::SocketAddr;
@@ -109,9 +110,14 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     if let Some(w) = &limits_warning {
         tracing::warn!("{w}");
     }
-    let proxy = tandem_proxy::Proxy::new();
+    let traffic = Arc::new(metrics::TrafficMetrics::default());
+    let proxy =
+        tandem_proxy::Proxy::with_config(tandem_proxy::ProxyConfig::default(), traffic.clone());
     let engine = Engine::new(
-        &config.env,
+        tandem_engine::EngineConfig {
+            env: config.env.clone(),
+            edges_file: dir.root().join("edges.json"),
+        },
         store.clone(),
         runtime.clone(),
         proxy,

@@ -440,6 +440,8 @@ impl Runtime {
             memory_limit_bytes: meta.request.limits.memory_bytes,
             cpu_cores: None,
             cpu_limit_cores: meta.request.limits.cpu_cores,
+            traffic_pct: None,
+            warm_until_ms: None,
         };
         let (status_tx, status_rx) = watch::channel(initial);
         let (control_tx, control_rx) = mpsc::unbounded_channel();

@@ -93,6 +93,45 @@ pub(crate) enum Command {
         /// Message recorded with the revision.
         #[arg(short, long)]
         message: Option<String>,
+        /// Deploy even content that was rolled back before.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Deploy the file as a new revision through each changed service's release strategy.
+    ///
+    /// Starts the environment's server when none runs. Exit 0 when the new revision is
+    /// live, 3 when a gate failed and it was rolled back automatically, 1 on other errors.
+    Deploy {
+        #[command(flatten)]
+        target: FileArg,
+        /// Message recorded with the revision.
+        #[arg(short, long)]
+        message: Option<String>,
+        /// Deploy even content that was rolled back before.
+        #[arg(long)]
+        force: bool,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Go back to the previous good revision (or --to REV): a traffic switch while its
+    /// instances are warm, else a start with health gates.
+    Rollback {
+        #[command(flatten)]
+        target: FileArg,
+        /// The revision to restore (default: the last one that went live before the live one).
+        #[arg(long)]
+        to: Option<u64>,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Deployments (deploy, up, rollback) with their steps, gates and outcomes.
+    Deployments {
+        #[command(flatten)]
+        target: FileArg,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+        #[arg(short = 'n', long, default_value_t = 10)]
+        limit: usize,
     },
     /// Stop every service and the environment's server.
     Down {
@@ -206,6 +245,9 @@ impl Command {
             | Command::Render { target, .. }
             | Command::Graph { target, .. }
             | Command::Up { target, .. }
+            | Command::Deploy { target, .. }
+            | Command::Rollback { target, .. }
+            | Command::Deployments { target, .. }
             | Command::Down { target }
             | Command::Plan { target, .. }
             | Command::Status { target, .. }

@@ -89,8 +89,21 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
         Command::Render { output, .. } => offline::render(&ctx, output),
         Command::Graph { output, .. } => offline::graph(&ctx, output),
         Command::Up {
-            detach, message, ..
-        } => lifecycle::up(&ctx, detach, message).await,
+            detach,
+            message,
+            force,
+            ..
+        } => lifecycle::up(&ctx, detach, message, force).await,
+        Command::Deploy {
+            message,
+            force,
+            output,
+            ..
+        } => lifecycle::deploy(&ctx, message, force, output).await,
+        Command::Rollback { to, output, .. } => lifecycle::rollback(&ctx, to, output).await,
+        Command::Deployments { output, limit, .. } => {
+            inspect::deployments(&ctx, output, limit).await
+        }
         Command::Down { .. } => lifecycle::down(&ctx).await,
         Command::Serve {
             data_dir, listen, ..

@@ -40,6 +40,18 @@ pub(crate) async fn status(ctx: &Ctx, format: Output) -> Result<u8> {
         Some(n) => println!("{} {n} is live", bold("revision")),
         None => println!("{} none applied yet", bold("revision")),
     }
+    if let Some(d) = &status.deploying {
+        println!(
+            "{} a {}{} by {} has been running for {}",
+            yellow("deploying:"),
+            d.kind.as_str(),
+            d.revision
+                .map(|r| format!(" of revision {r}"))
+                .unwrap_or_default(),
+            d.who,
+            age(now_ms() - d.started_ms)
+        );
+    }
     println!();
     let mut rows = Vec::new();
     let mut notes = Vec::new();
@@ -56,10 +68,12 @@ pub(crate) async fn status(ctx: &Ctx, format: Output) -> Result<u8> {
                 "".into(),
                 "".into(),
                 "".into(),
+                "".into(),
             ]);
         }
         for i in &service.instances {
             let state = match i.state {
+                InstanceState::Healthy if i.warm_until_ms.is_some() => yellow("warm"),
                 InstanceState::Healthy => green(i.state.as_str()),
                 InstanceState::Running | InstanceState::Starting | InstanceState::Stopping => {
                     yellow(i.state.as_str())
@@ -93,9 +107,20 @@ pub(crate) async fn status(ctx: &Ctx, format: Output) -> Result<u8> {
                 uptime,
                 i.restarts.to_string(),
                 i.revision.to_string(),
+                i.traffic_pct
+                    .map(|t| format!("{t:.0}%"))
+                    .unwrap_or_else(|| "-".into()),
                 cpu,
                 memory,
             ]);
+            if let Some(until) = i.warm_until_ms {
+                notes.push(format!(
+                    "{}: kept warm without traffic for {} more, so a rollback to revision {} is a switch",
+                    i.id,
+                    age(until - now_ms()),
+                    i.revision
+                ));
+            }
             if let Some(reason) = &i.reason {
                 notes.push(format!("{}: {reason}", i.id));
             } else if let Some(h) = &i.health_error {
@@ -115,8 +140,8 @@ pub(crate) async fn status(ctx: &Ctx, format: Output) -> Result<u8> {
     }
     table(
         &[
-            "SERVICE", "INSTANCE", "STATE", "PORT", "PID", "UPTIME", "RESTARTS", "REV", "CPU",
-            "MEMORY",
+            "SERVICE", "INSTANCE", "STATE", "PORT", "PID", "UPTIME", "RESTARTS", "REV", "TRAFFIC",
+            "CPU", "MEMORY",
         ],
         &rows,
     );
@@ -183,6 +208,7 @@ pub(crate) async fn plan(ctx: &Ctx, format: Output) -> Result<u8> {
             author: author(&ctx.project_dir),
             ..Default::default()
         },
+        force: false,
     };
     let plan: Plan = ctx.client()?.post_json("/v1/plan", &request).await?;
     if format == Output::Json {
@@ -321,6 +347,11 @@ pub(crate) async fn history(ctx: &Ctx, format: Output, limit: usize) -> Result<u
                 None => "-".into(),
             };
             let mut message = r.provenance.message.clone().unwrap_or_default();
+            if let Some(of) = r.rollback_of
+                && message.is_empty()
+            {
+                message = format!("rollback to revision {of}");
+            }
             if let Some(reason) = &r.reason {
                 let first = reason.lines().next().unwrap_or_default();
                 message = if message.is_empty() {
@@ -470,5 +501,55 @@ pub(crate) async fn note(ctx: &Ctx, text: &str) -> Result<u8> {
     };
     let _: Event = ctx.client()?.post_json("/v1/notes", &request).await?;
     println!("{} noted in the {} timeline", green("✓"), ctx.env);
+    Ok(0)
+}
+
+pub(crate) async fn deployments(ctx: &Ctx, format: Output, limit: usize) -> Result<u8> {
+    let list: Vec<tandem_api::Deployment> = ctx
+        .client()?
+        .get_json(&format!("/v1/deployments?limit={limit}"))
+        .await?;
+    if format == Output::Json {
+        print_json(&list)?;
+        return Ok(0);
+    }
+    if list.is_empty() {
+        println!("no deployments in {} yet", ctx.env);
+        return Ok(0);
+    }
+    for d in &list {
+        let outcome = match d.outcome {
+            Some(tandem_api::DeploymentOutcome::Succeeded) => green("succeeded"),
+            Some(tandem_api::DeploymentOutcome::RolledBack) => yellow("rolled back"),
+            Some(tandem_api::DeploymentOutcome::Failed) => red("failed"),
+            None => yellow("running"),
+        };
+        let took = d
+            .finished_ms
+            .map(|f| format!("{:.1}s", (f - d.started_ms) as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let from = d
+            .from_revision
+            .map(|r| format!(" from r{r}"))
+            .unwrap_or_default();
+        println!(
+            "{} {} of r{}{from} by {} · {} UTC · {took} · {outcome}",
+            bold(&format!("#{}", d.id)),
+            d.kind.as_str(),
+            d.revision,
+            d.who,
+            timestamp(d.started_ms),
+        );
+        if let Some(reason) = &d.reason {
+            println!("    {}", reason.lines().next().unwrap_or_default());
+        }
+        for step in &d.steps {
+            println!(
+                "    {}  {}",
+                dim(&timestamp(step.time_ms)[11..]),
+                step.message
+            );
+        }
+    }
     Ok(0)
 }

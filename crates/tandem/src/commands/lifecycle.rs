@@ -2,6 +2,7 @@
 //! file through it, following the services' output in the foreground, and stopping it all.
 
 use super::{Ctx, author, git};
+use crate::cli::Output;
 use crate::output;
 use anyhow::{Context, Result, anyhow, bail};
 use hyper::Method;
@@ -135,17 +136,20 @@ fn provenance(ctx: &Ctx, message: Option<String>) -> Provenance {
     }
 }
 
-pub(crate) async fn up(ctx: &Ctx, detach: bool, message: Option<String>) -> Result<u8> {
+/// Exit status of a deployment that a gate rolled back automatically.
+pub(crate) const EXIT_ROLLED_BACK: u8 = 3;
+
+/// Makes sure the environment's server runs (starting it when needed), then deploys the
+/// file through it, showing progress; returns the exit status.
+async fn deploy_file(
+    ctx: &Ctx,
+    message: Option<String>,
+    force: bool,
+    format: Output,
+) -> Result<u8> {
     let system = ctx.load()?;
-    if let Some(url) = &system.server.url {
-        bail!(
-            "environment '{}' names a remote server ({url}); this tandem drives only local servers so far\n  hint: run `tandem up` on that machine",
-            ctx.env
-        );
-    }
     let client = ctx.client()?;
     let begun = Instant::now();
-    let apply_started_ms = tandem_api::now_ms();
     let mut started_server = false;
     if !client.is_up().await {
         eprintln!("{} starting the {} server", output::dim("»"), ctx.env);
@@ -169,12 +173,30 @@ pub(crate) async fn up(ctx: &Ctx, detach: bool, message: Option<String>) -> Resu
     let request = ApplyRequest {
         system,
         provenance: provenance(ctx, message),
+        force,
     };
+    let outcome = run_deployment(&client, "/v1/apply", &request).await?;
+    let code = report_outcome(ctx, &outcome, begun, &info.listen, format);
+    if code != 0 {
+        let status: tandem_api::StatusResponse = client.get_json("/v1/status").await?;
+        if started_server && status.live_revision.is_none() {
+            stop_server(ctx).await?;
+        }
+    }
+    Ok(code)
+}
+
+/// Sends a deployment request and shows its progress lines; returns its last message.
+pub(crate) async fn run_deployment<B: serde::Serialize>(
+    client: &crate::client::Client,
+    path: &str,
+    body: &B,
+) -> Result<ApplyMessage> {
     let mut outcome: Option<ApplyMessage> = None;
     client
-        .stream(Method::POST, "/v1/apply", Some(&request), |line| {
+        .stream(Method::POST, path, Some(body), |line| {
             let m: ApplyMessage =
-                serde_json::from_str(line).context("unexpected answer to an apply")?;
+                serde_json::from_str(line).context("unexpected answer to a deployment")?;
             match m {
                 ApplyMessage::Progress { message } => eprintln!("{} {message}", output::dim("»")),
                 other => outcome = Some(other),
@@ -182,59 +204,128 @@ pub(crate) async fn up(ctx: &Ctx, detach: bool, message: Option<String>) -> Resu
             Ok(())
         })
         .await?;
+    outcome.ok_or_else(|| {
+        anyhow!("the server ended the deployment without an outcome; see its server.log")
+    })
+}
+
+/// Prints the one-line summary (or JSON) of a deployment's outcome; returns the exit status:
+/// 0 live, [`EXIT_ROLLED_BACK`] rolled back automatically, 1 failed.
+pub(crate) fn report_outcome(
+    ctx: &Ctx,
+    outcome: &ApplyMessage,
+    begun: Instant,
+    listen: &str,
+    format: Output,
+) -> u8 {
+    let code = match outcome {
+        ApplyMessage::Done(_) => 0,
+        ApplyMessage::Failed {
+            rolled_back: true, ..
+        } => EXIT_ROLLED_BACK,
+        _ => 1,
+    };
+    if format == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(outcome).unwrap_or_default()
+        );
+        return code;
+    }
     match outcome {
-        Some(ApplyMessage::Done(result)) => {
-            let mut parts: Vec<String> = Vec::new();
-            for s in &result.services {
-                let what = match &s.action {
-                    ServiceAction::Start => "started".to_string(),
-                    ServiceAction::Replace => "replaced".to_string(),
-                    ServiceAction::Scale { from, to } => format!("scaled {from}→{to}"),
-                    ServiceAction::Restore => "restored".to_string(),
-                    ServiceAction::Keep => "unchanged".to_string(),
-                    ServiceAction::Remove => "removed".to_string(),
-                };
-                parts.push(format!("{} {what}", s.name));
-            }
+        ApplyMessage::Done(result) => {
+            let parts: Vec<String> = result
+                .services
+                .iter()
+                .map(|s| {
+                    let what = match &s.action {
+                        ServiceAction::Start => "started".to_string(),
+                        ServiceAction::Replace => "replaced".to_string(),
+                        ServiceAction::Scale { from, to } => format!("scaled {from}→{to}"),
+                        ServiceAction::Restore => "restored".to_string(),
+                        ServiceAction::Keep => "unchanged".to_string(),
+                        ServiceAction::Remove => "removed".to_string(),
+                    };
+                    format!("{} {what}", s.name)
+                })
+                .collect();
             let secs = begun.elapsed().as_secs_f64();
             if result.new_revision {
                 println!(
-                    "{} revision {} of {} is live in {secs:.1}s: {} · API {}",
+                    "{} revision {} of {} is live in {secs:.1}s: {} · API {listen}",
                     output::green("✓"),
                     result.revision,
                     ctx.env,
                     parts.join(", "),
-                    info.listen
                 );
             } else {
                 println!(
-                    "{} revision {} of {} is live ({}) · API {}",
+                    "{} revision {} of {} is live ({}) · API {listen}",
                     output::green("✓"),
                     result.revision,
                     ctx.env,
                     parts.join(", "),
-                    info.listen
                 );
             }
         }
-        Some(ApplyMessage::Failed { error, revision }) => {
-            eprintln!("{} {error}", output::red("apply failed:"));
-            match revision {
-                Some(n) => eprintln!(
-                    "  revision {n} is recorded as failed; the previous state keeps running"
-                ),
-                None => eprintln!("  the previous state keeps running"),
+        ApplyMessage::Failed {
+            error,
+            revision,
+            rolled_back,
+        } => {
+            if *rolled_back {
+                eprintln!("{} {error}", output::yellow("rolled back automatically:"));
+                if let Some(n) = revision {
+                    eprintln!(
+                        "  revision {n} is recorded as failed; all traffic is back on the previous revision"
+                    );
+                }
+            } else {
+                eprintln!("{} {error}", output::red("deploy failed:"));
+                match revision {
+                    Some(n) => eprintln!(
+                        "  revision {n} is recorded as failed; the previous state keeps running"
+                    ),
+                    None => eprintln!("  the previous state keeps running"),
+                }
             }
-            let nothing_live: tandem_api::StatusResponse = client.get_json("/v1/status").await?;
-            if started_server && nothing_live.live_revision.is_none() {
-                stop_server(ctx).await?;
-            }
-            return Ok(1);
         }
-        _ => bail!(
-            "the server ended the apply without an outcome; see {}",
-            ctx.data_dir.join("server.log").display()
-        ),
+        ApplyMessage::Progress { .. } => {}
+    }
+    code
+}
+
+pub(crate) async fn deploy(
+    ctx: &Ctx,
+    message: Option<String>,
+    force: bool,
+    format: Output,
+) -> Result<u8> {
+    deploy_file(ctx, message, force, format).await
+}
+
+pub(crate) async fn rollback(ctx: &Ctx, to: Option<u64>, format: Output) -> Result<u8> {
+    let client = ctx.client()?;
+    let begun = Instant::now();
+    let info: tandem_api::ServerInfo = client.get_json("/v1/server").await?;
+    let request = tandem_api::RollbackRequest {
+        to,
+        who: author(&ctx.project_dir),
+    };
+    let outcome = run_deployment(&client, "/v1/rollback", &request).await?;
+    Ok(report_outcome(ctx, &outcome, begun, &info.listen, format))
+}
+
+pub(crate) async fn up(
+    ctx: &Ctx,
+    detach: bool,
+    message: Option<String>,
+    force: bool,
+) -> Result<u8> {
+    let apply_started_ms = tandem_api::now_ms();
+    let code = deploy_file(ctx, message, force, Output::Text).await?;
+    if code != 0 {
+        return Ok(code);
     }
     if detach {
         return Ok(0);
