@@ -6,6 +6,7 @@ mod e2e {
     pub mod support;
 }
 
+use e2e::support::Seen;
 use e2e::support::*;
 use std::time::{Duration, Instant};
 use tandem_api::{EventKind, InstanceState, RevisionStatus};
@@ -55,9 +56,15 @@ fn up_starts_in_dependency_order_serves_ports_and_injects_addresses() {
     let env: serde_json::Value = serde_json::from_str(&env).unwrap();
     let db_url = env["DB_URL"].as_str().unwrap().to_string();
     let edge: u16 = db_url.rsplit(':').next().unwrap().parse().unwrap();
-    assert!(db_url.starts_with("http://127.0.0.1:") && edge != db, "{db_url}");
+    assert!(
+        db_url.starts_with("http://127.0.0.1:") && edge != db,
+        "{db_url}"
+    );
     assert_eq!(env["DB_ADDR"], format!("127.0.0.1:{edge}"));
-    assert_eq!(http_get(edge, "/hello").unwrap(), (200, "hello\n".to_string()));
+    assert_eq!(
+        http_get(edge, "/hello").unwrap(),
+        (200, "hello\n".to_string())
+    );
     assert_ne!(env["PORT"], api.to_string(), "instances get their own PORT");
 
     // Each service started only after its dependencies were healthy.
@@ -650,4 +657,226 @@ fn after_down_a_new_server_starts_nothing_until_the_next_up() {
     let up = p.up().ok();
     assert!(up.stdout.contains("web restored"), "{}", up.all());
     assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
+}
+
+/// The `web` test service at version `message` with a release strategy.
+fn web_version(port: u16, message: &str, release: &str, env_extra: &str) -> String {
+    app_service(
+        "web",
+        port,
+        &format!(
+            "env = {{ MESSAGE = \"{message}\"{env_extra} }}\nreplicas = 2\nrelease = {release}"
+        ),
+    )
+}
+
+/// Answers seen by the load loop, as (status, body) in time order.
+fn bodies(seen: &[Seen]) -> Vec<String> {
+    seen.iter().map(|s| s.body.trim().to_string()).collect()
+}
+
+#[test]
+fn a_blue_green_deploy_under_load_fails_no_request_and_keeps_the_old_revision_warm() {
+    let port = free_port();
+    let release = "{ strategy = \"blue-green\", keep_warm = \"2m\" }";
+    let p = Project::new(&web_version(port, "v1", release, ""));
+    p.up().ok();
+    let load = Load::start(port, "/hello");
+    eventually("the first answers", || {
+        http_get(port, "/hello").ok().filter(|(s, _)| *s == 200)
+    });
+    p.set_system(&web_version(port, "v2", release, ""));
+    let out = p.run(&["deploy", "-m", "v2"]).ok();
+    assert!(
+        out.stdout.contains("revision 2 of dev is live"),
+        "{}",
+        out.all()
+    );
+    eventually("v2 answers", || {
+        http_get(port, "/hello").ok().filter(|(_, b)| b == "v2\n")
+    });
+    let (seen, failures) = load.finish();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(seen.iter().all(|s| s.status == 200), "{seen:?}");
+    let b = bodies(&seen);
+    assert!(
+        b.contains(&"v1".to_string()) && b.last().map(String::as_str) == Some("v2"),
+        "{b:?}"
+    );
+    let web = p.instances("web");
+    let warm: Vec<_> = web.iter().filter(|i| i.warm_until_ms.is_some()).collect();
+    assert_eq!(warm.len(), 2, "the old instances stay warm: {web:#?}");
+    assert!(
+        warm.iter()
+            .all(|i| i.revision == 1 && i.traffic_pct.is_none())
+    );
+}
+
+#[test]
+fn a_canary_deploy_under_load_shifts_traffic_in_steps_and_fails_no_request() {
+    let port = free_port();
+    let release = "{ strategy = \"canary\", steps = [25, 50, 100], step_time = \"1s\", max_error_rate = 0.05, min_requests = 5 }";
+    let p = Project::new(&web_version(port, "v1", release, ""));
+    p.up().ok();
+    let load = Load::start(port, "/hello");
+    p.set_system(&web_version(port, "v2", release, ""));
+    let out = p.run(&["deploy"]);
+    let (seen, failures) = load.finish();
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stderr.contains("canary step 1/3") && out.stderr.contains("25% to r2"),
+        "{}",
+        out.stderr
+    );
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(
+        seen.iter().all(|s| s.status == 200),
+        "non-200 answers during a good canary"
+    );
+    let b = bodies(&seen);
+    let first_v2 = b.iter().position(|x| x == "v2").expect("v2 answered");
+    let v1_after = b[first_v2..].iter().filter(|x| *x == "v1").count();
+    assert!(v1_after > 0, "during the steps both revisions answer");
+
+    let deployments: Vec<tandem_api::Deployment> =
+        serde_json::from_str(&p.run(&["deployments", "--output", "json"]).ok().stdout).unwrap();
+    let d = &deployments[0];
+    assert_eq!(d.outcome, Some(tandem_api::DeploymentOutcome::Succeeded));
+    let pcts: Vec<u8> = d.steps.iter().filter_map(|s| s.new_traffic_pct).collect();
+    assert_eq!(pcts, vec![25, 50, 100], "{d:#?}");
+    let judged = d
+        .steps
+        .iter()
+        .flat_map(|s| &s.gates)
+        .find(|g| g.check == "max_error_rate");
+    assert!(judged.is_some_and(|g| g.passed), "{d:#?}");
+}
+
+#[test]
+fn a_canary_that_breaches_its_error_rate_is_rolled_back_automatically() {
+    let port = free_port();
+    let release = "{ strategy = \"canary\", steps = [50, 100], step_time = \"1s\", max_error_rate = 0.05, min_requests = 5 }";
+    let p = Project::new(&web_version(port, "v1", release, ""));
+    p.up().ok();
+    let load = Load::start(port, "/hello");
+    p.set_system(&web_version(port, "v2", release, ", FAIL_RATE = \"1.0\""));
+    let out = p.run(&["deploy"]);
+    let (_seen, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "requests without an answer: {failures:?}"
+    );
+    assert_eq!(
+        out.code,
+        3,
+        "exit 3 means rolled back automatically\n{}",
+        out.all()
+    );
+    assert!(
+        out.stderr.contains("rolled back automatically") && out.stderr.contains("max_error_rate"),
+        "{}",
+        out.stderr
+    );
+    // All traffic is back on v1, served by the old instances.
+    for _ in 0..20 {
+        assert_eq!(http_get(port, "/hello").unwrap(), (200, "v1\n".to_string()));
+    }
+    let s = p.wait_status("the canary instances to stop", |s| {
+        s.services[0].instances.len() == 2
+    });
+    assert!(s.services[0].instances.iter().all(|i| i.revision == 1));
+    let history = p.history();
+    assert_eq!(
+        (history[0].number, history[0].status),
+        (2, tandem_api::RevisionStatus::Failed)
+    );
+    assert!(
+        history[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("max_error_rate")
+    );
+    assert_eq!(history[1].status, tandem_api::RevisionStatus::Live);
+    let deployments: Vec<tandem_api::Deployment> =
+        serde_json::from_str(&p.run(&["deployments", "--output", "json"]).ok().stdout).unwrap();
+    assert_eq!(
+        deployments[0].outcome,
+        Some(tandem_api::DeploymentOutcome::RolledBack)
+    );
+}
+
+#[test]
+fn a_rollback_while_warm_is_a_quick_switch_and_marks_what_it_left() {
+    let port = free_port();
+    let release = "{ strategy = \"blue-green\", keep_warm = \"5m\" }";
+    let p = Project::new(&web_version(port, "v1", release, ""));
+    p.up().ok();
+    p.set_system(&web_version(port, "v2", release, ""));
+    p.run(&["deploy"]).ok();
+    let load = Load::start(port, "/hello");
+    eventually("v2 answers", || {
+        http_get(port, "/hello").ok().filter(|(_, b)| b == "v2\n")
+    });
+    let t0 = Instant::now();
+    let out = p.run(&["rollback"]);
+    let command_took = t0.elapsed();
+    eventually("v1 answers", || {
+        http_get(port, "/hello").ok().filter(|(_, b)| b == "v1\n")
+    });
+    let (seen, failures) = load.finish();
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(seen.iter().all(|s| s.status == 200));
+    let first_v1 = seen
+        .iter()
+        .find(|s| s.at >= t0 && s.body.trim() == "v1")
+        .expect("v1 answered after the rollback");
+    let switch = first_v1.at - t0;
+    eprintln!(
+        "rollback while warm: first request answered by the old revision {switch:?} after `tandem rollback` started (the command took {command_took:?})"
+    );
+    assert!(switch < Duration::from_secs(5), "{switch:?}");
+
+    let history = p.history();
+    assert_eq!(history[0].number, 3);
+    assert_eq!(history[0].rollback_of, Some(1));
+    assert_eq!(history[0].status, tandem_api::RevisionStatus::Live);
+    assert_eq!(history[1].status, tandem_api::RevisionStatus::RolledBack);
+    // Deploying the rolled-back content again needs --force.
+    let again = p.run(&["deploy"]);
+    assert_eq!(again.code, 1, "{}", again.all());
+    assert!(
+        again.stderr.contains("was rolled back") && again.stderr.contains("--force"),
+        "{}",
+        again.stderr
+    );
+    p.run(&["deploy", "--force"]).ok();
+    assert_eq!(http_get(port, "/hello").unwrap().1, "v2\n");
+}
+
+#[test]
+fn a_second_deploy_while_one_runs_is_refused_with_who_holds_the_lock() {
+    let port = free_port();
+    let release =
+        "{ strategy = \"canary\", steps = [50, 100], step_time = \"4s\", min_requests = 1000000 }";
+    let p = Project::new(&web_version(port, "v1", release, ""));
+    p.up().ok();
+    p.set_system(&web_version(port, "v2", release, ""));
+    let mut first = p
+        .command(&["deploy"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = p.wait_status("the deploy to hold the lock", |s| s.deploying.is_some());
+    assert_eq!(status.deploying.unwrap().revision, Some(2));
+    let second = p.run(&["deploy"]);
+    assert_eq!(second.code, 1, "{}", second.all());
+    assert!(
+        second.stderr.contains("has been running") && second.stderr.contains("revision 2"),
+        "{}",
+        second.stderr
+    );
+    assert!(first.wait().unwrap().success());
 }

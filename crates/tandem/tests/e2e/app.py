@@ -1,12 +1,14 @@
 """A test service: an HTTP server on $PORT whose behaviour the test sets through variables.
 
 /healthz answers HEALTH_STATUS (default 200); /env answers the environment as JSON;
-/hello answers MESSAGE. START_DELAY seconds pass before it listens. On SIGTERM it writes
+/hello answers MESSAGE, failing with 500 for a FAIL_RATE share of requests and taking
+DELAY_MS milliseconds. START_DELAY seconds pass before it listens. On SIGTERM it writes
 TERM_MARKER (if set) and exits 0, unless IGNORE_TERM=1. ALLOC_MB allocates that much memory
 ALLOC_AFTER seconds after start.
 """
 import json
 import os
+import random
 import signal
 import sys
 import threading
@@ -48,7 +50,11 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/env":
             status, body = 200, json.dumps(dict(os.environ)).encode()
         elif self.path == "/hello":
-            status, body = 200, (os.environ.get("MESSAGE", "hello") + "\n").encode()
+            time.sleep(float(os.environ.get("DELAY_MS", "0")) / 1000)
+            if random.random() < float(os.environ.get("FAIL_RATE", "0")):
+                status, body = 500, b"failing on purpose\n"
+            else:
+                status, body = 200, (os.environ.get("MESSAGE", "hello") + "\n").encode()
         else:
             status, body = 404, b"not found\n"
         self.send_response(status)

@@ -268,3 +268,125 @@ pub fn http_request(
 pub fn limits_enforced(p: &Project) -> bool {
     p.status().server.limits_warning.is_none()
 }
+
+/// One answer the load loop saw.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub at: Instant,
+    pub status: u16,
+    pub body: String,
+}
+
+/// Requests `GET path` on `port` in a loop over keep-alive connections (two clients) until
+/// stopped; a request that gets no answer counts as a failure.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(Vec<Seen>, Vec<String>)>>,
+}
+
+impl Load {
+    pub fn start(port: u16, path: &str) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..2)
+            .map(|_| {
+                let stop = stop.clone();
+                let path = path.to_string();
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    let mut failures = Vec::new();
+                    let mut conn: Option<std::io::BufReader<TcpStream>> = None;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if conn.is_none() {
+                            match TcpStream::connect(("127.0.0.1", port)) {
+                                Ok(s) => {
+                                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                                    conn = Some(std::io::BufReader::new(s));
+                                }
+                                Err(e) => {
+                                    failures.push(format!("connect: {e}"));
+                                    std::thread::sleep(Duration::from_millis(10));
+                                    continue;
+                                }
+                            }
+                        }
+                        let c = conn.as_mut().unwrap();
+                        match keep_alive_get(c, port, &path) {
+                            Ok((status, body, close)) => {
+                                seen.push(Seen {
+                                    at: Instant::now(),
+                                    status,
+                                    body,
+                                });
+                                if close {
+                                    conn = None;
+                                }
+                            }
+                            Err(e) => {
+                                failures.push(format!("request: {e}"));
+                                conn = None;
+                            }
+                        }
+                    }
+                    (seen, failures)
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    /// Stops the loop; returns every answer (in time order) and every failure.
+    pub fn finish(self) -> (Vec<Seen>, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut seen = Vec::new();
+        let mut failures = Vec::new();
+        for t in self.threads {
+            let (s, f) = t.join().unwrap();
+            seen.extend(s);
+            failures.extend(f);
+        }
+        seen.sort_by_key(|s| s.at);
+        (seen, failures)
+    }
+}
+
+/// One request on a keep-alive connection: (status, body, server closes).
+fn keep_alive_get(
+    conn: &mut std::io::BufReader<TcpStream>,
+    port: u16,
+    path: &str,
+) -> std::io::Result<(u16, String, bool)> {
+    use std::io::BufRead;
+    write!(
+        conn.get_mut(),
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )?;
+    let mut status_line = String::new();
+    if conn.read_line(&mut status_line)? == 0 {
+        return Err(std::io::Error::other("connection closed before an answer"));
+    }
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let mut length = 0usize;
+    let mut close = false;
+    loop {
+        let mut line = String::new();
+        conn.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("connection:") && lower.contains("close") {
+            close = true;
+        }
+    }
+    let mut body = vec![0u8; length];
+    conn.read_exact(&mut body)?;
+    Ok((status, String::from_utf8_lossy(&body).to_string(), close))
+}
