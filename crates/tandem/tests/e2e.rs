@@ -880,3 +880,52 @@ fn a_second_deploy_while_one_runs_is_refused_with_who_holds_the_lock() {
     );
     assert!(first.wait().unwrap().success());
 }
+
+#[test]
+fn a_server_killed_during_a_canary_comes_back_on_the_old_revision() {
+    let port = free_port();
+    let release =
+        "{ strategy = \"canary\", steps = [50, 100], step_time = \"30s\", min_requests = 1 }";
+    let p = Project::new(&web_version(port, "v1", release, ""));
+    p.up().ok();
+    p.set_system(&web_version(port, "v2", release, ""));
+    let mut deploy = p
+        .command(&["deploy"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the 50 % step: both revisions answer.
+    eventually("the canary step", || {
+        let s = p.status();
+        s.services[0]
+            .instances
+            .iter()
+            .any(|i| i.revision == 2 && i.traffic_pct.is_some())
+            .then_some(())
+    });
+    kill(p.server_pid().unwrap(), libc::SIGKILL);
+    let _ = deploy.wait();
+    p.set_system(&web_version(port, "v1", release, ""));
+    p.up().ok();
+    for _ in 0..20 {
+        assert_eq!(http_get(port, "/hello").unwrap(), (200, "v1\n".to_string()));
+    }
+    let history = p.history();
+    assert_eq!(
+        (history[0].number, history[0].status),
+        (2, RevisionStatus::Failed)
+    );
+    let deployments: Vec<tandem_api::Deployment> =
+        serde_json::from_str(&p.run(&["deployments", "--output", "json"]).ok().stdout).unwrap();
+    let d = deployments.iter().find(|d| d.revision == 2).unwrap();
+    assert_eq!(d.outcome, Some(tandem_api::DeploymentOutcome::Failed));
+    assert!(
+        d.reason.as_deref().unwrap().contains("server stopped"),
+        "{d:?}"
+    );
+    p.wait_status("the canary's instances to stop", |s| {
+        s.services[0].instances.iter().all(|i| i.revision == 1)
+            && s.services[0].instances.len() == 2
+    });
+}
