@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# tandem's proxy against nginx, in the same run, on loopback.
+#
+# One small native backend (crates/proxy/examples/bench_backend.rs, a 13-byte body on
+# keep-alive) is reached three ways: through tandem's proxy (examples/bench_proxy.rs, HTTP mode,
+# one thread), through nginx (one worker, upstream keepalive 64), and directly (the physical
+# limit). The proxy under test is pinned to core 0, wrk and the backend to core 1. Each target
+# gets a warm-up, then `wrk -t1 -c$CONNS -d$DURATION --latency`; rounds alternate tandem and
+# nginx, and the summary gives the median of the rounds for each.
+#
+# Proxy CPU-seconds per 1000 requests come from /proc/PID/stat (utime+stime) before and after
+# each measured run (for nginx, master and worker together).
+#
+# Usage: bench/proxy.sh            (ROUNDS=3 DURATION=10s CONNS=50 WARMUP=2s by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-50}
+
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq nginx wrk >/dev/null
+fi
+if [ "$(nproc)" -lt 2 ]; then
+    echo "bench/proxy.sh needs 2 cores (proxy on one, wrk and backend on the other)" >&2
+    exit 1
+fi
+
+cargo build --release --examples -p tandem-proxy
+bin=target/release/examples
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+backend_port=$(free_port)
+tandem_port=$(free_port)
+nginx_port=$(free_port)
+
+wait_http() {
+    for _ in $(seq 100); do
+        if curl -fsS -o /dev/null "http://127.0.0.1:$1/"; then return 0; fi
+        sleep 0.05
+    done
+    echo "nothing answers on port $1" >&2
+    exit 1
+}
+
+taskset -c 1 "$bin/bench_backend" "127.0.0.1:$backend_port" &
+pids+=($!)
+taskset -c 0 "$bin/bench_proxy" "127.0.0.1:$tandem_port" "127.0.0.1:$backend_port" &
+tandem_pid=$!
+pids+=($tandem_pid)
+
+cat >"$work/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    upstream backend {
+        server 127.0.0.1:$backend_port;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$nginx_port;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+taskset -c 0 nginx -c "$work/nginx.conf" -p "$work" -e "$work/error.log" &
+nginx_pid=$!
+pids+=($nginx_pid)
+
+wait_http "$backend_port"
+wait_http "$tandem_port"
+wait_http "$nginx_port"
+
+# utime+stime in clock ticks of the given processes.
+ticks() {
+    local total=0 pid
+    for pid in "$@"; do
+        # Field 2 (comm) may hold spaces: cut after the closing parenthesis.
+        read -r -a f < <(sed 's/^.*) //' "/proc/$pid/stat")
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+# run NAME PORT [PIDS...]: warm up, measure, keep wrk's output and the CPU ticks.
+run() {
+    local name=$1 port=$2 round=$3
+    shift 3
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$port/" >/dev/null
+    local before=0 after=0
+    if [ $# -gt 0 ]; then before=$(ticks "$@"); fi
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$port/" \
+        >"$work/$name.$round.wrk"
+    if [ $# -gt 0 ]; then after=$(ticks "$@"); fi
+    echo "$((after - before))" >"$work/$name.$round.ticks"
+}
+
+nginx_procs() { echo "$nginx_pid" $(pgrep -P "$nginx_pid"); }
+
+for round in $(seq "$ROUNDS"); do
+    echo "round $round of $ROUNDS" >&2
+    run direct "$backend_port" "$round"
+    if [ $((round % 2)) -eq 1 ]; then
+        run tandem "$tandem_port" "$round" "$tandem_pid"
+        run nginx "$nginx_port" "$round" $(nginx_procs)
+    else
+        run nginx "$nginx_port" "$round" $(nginx_procs)
+        run tandem "$tandem_port" "$round" "$tandem_pid"
+    fi
+done
+
+echo
+echo "wrk -t1 -c$CONNS -d$DURATION --latency, $ROUNDS rounds (medians); proxy on core 0, wrk + backend on core 1"
+echo "$(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+python3 - "$work" "$ROUNDS" "$(getconf CLK_TCK)" <<'PY'
+import re, statistics, sys
+work, rounds, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+def micros(text):
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+
+def parse(name, r):
+    out = open(f"{work}/{name}.{r}.wrk").read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    p50 = micros(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = micros(re.search(r"\s99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    ticks = int(open(f"{work}/{name}.{r}.ticks").read())
+    cpu = ticks / hz / requests * 1000 if requests else float("nan")
+    return rps, p50, p99, cpu, errors.group(0) if errors else ""
+
+rows = {}
+for name in ("direct", "tandem", "nginx"):
+    runs = [parse(name, r) for r in range(1, rounds + 1)]
+    rows[name] = [statistics.median(x[i] for x in runs) for i in range(4)]
+    problems = [x[4] for x in runs if x[4]]
+    if problems:
+        print(f"warning: {name}: {problems}")
+    print(f"  {name} rounds req/s: " + ", ".join(f"{x[0]:.0f}" for x in runs))
+
+print()
+print(f"{'target':<8} {'req/s':>10} {'p50':>10} {'p99':>10} {'proxy CPU-s/1k req':>20}")
+for name in ("tandem", "nginx", "direct"):
+    rps, p50, p99, cpu = rows[name]
+    cpu_text = f"{cpu:.4f}" if name != "direct" else "-"
+    print(f"{name:<8} {rps:>10.0f} {p50:>8.0f}us {p99:>8.0f}us {cpu_text:>20}")
+t, n = rows["tandem"], rows["nginx"]
+print()
+print(f"tandem/nginx: throughput {t[0]/n[0]:.2f}x, p50 {t[1]/n[1]:.2f}x, p99 {t[2]/n[2]:.2f}x, CPU per request {t[3]/n[3]:.2f}x")
+PY
