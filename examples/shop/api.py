@@ -1,10 +1,14 @@
 """The shop's API: counts visits in the kv store and answers JSON.
 
-Reads PORT and KV_ADDR (injected by tandem because `depends_on = ["kv"]`).
+Reads PORT and KV_ADDR (injected by tandem because `depends_on = ["kv"]`). Two switches
+make a flawed version for trying deploys: ERROR_RATE (a share of /visits answered 500)
+and EXTRA_LATENCY_MS (added to every /visits).
 """
 import json
 import os
+import random
 import signal
+import time
 import socket
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +27,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/healthz":
             return self.answer(200, {"ok": True})
         if self.path == "/visits":
+            time.sleep(float(os.environ.get("EXTRA_LATENCY_MS", "0")) / 1000)
+            if random.random() < float(os.environ.get("ERROR_RATE", "0")):
+                return self.answer(500, {"error": "flawed on purpose (ERROR_RATE)"})
             try:
                 return self.answer(200, {"visits": int(kv("INCR visits"))})
             except OSError as e:

@@ -651,6 +651,13 @@ impl Engine {
                         describe(&old)
                     ),
                 );
+                // A clear breach ends the step at once: no need to send more users to it.
+                if new.requests >= limits.min_requests {
+                    let gates = judge(&new, &old, limits);
+                    if gates.iter().any(|g| !g.passed) {
+                        return gates;
+                    }
+                }
                 if tokio::time::Instant::now() >= end {
                     break;
                 }

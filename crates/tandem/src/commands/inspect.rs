@@ -335,6 +335,27 @@ pub(crate) async fn history(ctx: &Ctx, format: Output, limit: usize) -> Result<u
         );
         return Ok(0);
     }
+    // The deployment that made (or failed to make) each revision live.
+    let deployments: Vec<tandem_api::Deployment> = ctx
+        .client()?
+        .get_json(&format!("/v1/deployments?limit={}", limit * 4))
+        .await
+        .unwrap_or_default();
+    let deployment_of = |number: u64| {
+        deployments.iter().find(|d| d.revision == number).map(|d| {
+            let took = d
+                .finished_ms
+                .map(|f| format!(" {:.1}s", (f - d.started_ms) as f64 / 1000.0))
+                .unwrap_or_default();
+            let outcome = match d.outcome {
+                Some(tandem_api::DeploymentOutcome::Succeeded) => "ok",
+                Some(tandem_api::DeploymentOutcome::RolledBack) => "rolled back",
+                Some(tandem_api::DeploymentOutcome::Failed) => "failed",
+                None => "running",
+            };
+            format!("#{} {} {outcome}{took}", d.id, d.kind.as_str())
+        })
+    };
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|r| {
@@ -367,6 +388,7 @@ pub(crate) async fn history(ctx: &Ctx, format: Output, limit: usize) -> Result<u
                 r.provenance.author.clone(),
                 commit,
                 r.hash[..r.hash.len().min(12)].to_string(),
+                deployment_of(r.number).unwrap_or_else(|| "-".into()),
                 message,
             ]
         })
@@ -379,6 +401,7 @@ pub(crate) async fn history(ctx: &Ctx, format: Output, limit: usize) -> Result<u
             "AUTHOR",
             "COMMIT",
             "HASH",
+            "DEPLOYMENT",
             "MESSAGE",
         ],
         &rows,
