@@ -929,3 +929,33 @@ fn a_server_killed_during_a_canary_comes_back_on_the_old_revision() {
             && s.services[0].instances.len() == 2
     });
 }
+
+#[test]
+fn a_rollback_with_nothing_warm_starts_the_old_revision_behind_health_gates() {
+    let port = free_port();
+    let p = Project::new(&app_service("web", port, "env = { MESSAGE = \"v1\" }"));
+    p.up().ok();
+    p.set_system(&app_service("web", port, "env = { MESSAGE = \"v2\" }"));
+    p.run(&["deploy"]).ok();
+    eventually("only v2 instances", || {
+        let i = p.instances("web");
+        (i.len() == 1 && i[0].revision == 2).then_some(())
+    });
+    let load = Load::start(port, "/hello");
+    let out = p.run(&["rollback", "--to", "1"]);
+    let (seen, failures) = load.finish();
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(seen.iter().all(|s| s.status == 200));
+    assert_eq!(http_get(port, "/hello").unwrap().1, "v1\n");
+    let history = p.history();
+    assert_eq!((history[0].number, history[0].rollback_of), (3, Some(1)));
+    assert_eq!(history[1].status, RevisionStatus::RolledBack);
+    let none = p.run(&["rollback", "--to", "3"]);
+    assert_eq!(none.code, 1);
+    assert!(
+        none.stderr.contains("is the live revision"),
+        "{}",
+        none.stderr
+    );
+}
