@@ -11,11 +11,15 @@
 # Proxy CPU-seconds per 1000 requests come from /proc/PID/stat (utime+stime) before and after
 # each measured run (for nginx, master and worker together).
 #
-# Usage: bench/proxy.sh            (ROUNDS=3 DURATION=10s CONNS=50 WARMUP=2s by default)
+# The machine may be shared: a round disturbed by other work moves tandem and nginx alike
+# only if they ran close together, so each round runs them back to back, and the ratios
+# are taken per round, then their median is reported.
+#
+# Usage: bench/proxy.sh            (ROUNDS=5 DURATION=10s CONNS=50 WARMUP=2s by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-50}
@@ -164,7 +168,11 @@ for name in ("tandem", "nginx", "direct"):
     rps, p50, p99, cpu = rows[name]
     cpu_text = f"{cpu:.4f}" if name != "direct" else "-"
     print(f"{name:<8} {rps:>10.0f} {p50:>8.0f}us {p99:>8.0f}us {cpu_text:>20}")
-t, n = rows["tandem"], rows["nginx"]
 print()
-print(f"tandem/nginx: throughput {t[0]/n[0]:.2f}x, p50 {t[1]/n[1]:.2f}x, p99 {t[2]/n[2]:.2f}x, CPU per request {t[3]/n[3]:.2f}x")
+pairs = [(parse("tandem", r), parse("nginx", r)) for r in range(1, rounds + 1)]
+ratios = [statistics.median(t[i] / n[i] for t, n in pairs) for i in range(4)]
+print("tandem/nginx per round: " + "; ".join(
+    f"{t[0]/n[0]:.2f}x req/s, {t[3]/n[3]:.2f}x CPU" for t, n in pairs))
+print(f"tandem/nginx (median of per-round ratios): throughput {ratios[0]:.2f}x, "
+      f"p50 {ratios[1]:.2f}x, p99 {ratios[2]:.2f}x, CPU per request {ratios[3]:.2f}x")
 PY

@@ -71,6 +71,7 @@ pub struct Backend {
 }
 
 /// Limits and timeouts of the proxy. [`ProxyConfig::default`] gives the documented defaults.
+/// A zero timeout means no timeout.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProxyConfig {
     /// A client that has not sent a full request head this long after the connection opened

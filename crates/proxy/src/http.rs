@@ -257,7 +257,8 @@ async fn proxy_request(conn: &Conn, mut request: Request<Incoming>) -> Response<
                     };
                     continue;
                 }
-                let refusal = send_failure(error.error(), progress.as_deref(), backend.addr);
+                let refusal =
+                    send_failure(error.error(), progress.as_deref(), backend.addr, config);
                 return answer(meter, &refusal);
             }
         }
@@ -331,10 +332,12 @@ fn send_failure(
     error: &hyper::Error,
     progress: Option<&BodyProgress>,
     addr: SocketAddr,
+    config: &ProxyConfig,
 ) -> Refusal {
     if let Some(progress) = progress {
-        if progress.too_large.load(Ordering::Relaxed) {
-            let limit = progress.bytes.load(Ordering::Relaxed).saturating_sub(1);
+        if progress.too_large.load(Ordering::Relaxed)
+            && let Some(limit) = config.max_body_bytes
+        {
             return Refusal::BodyTooLarge { limit };
         }
         if progress.client_failed.load(Ordering::Relaxed) {

@@ -969,6 +969,10 @@ mod http {
         let reply = Client::connect(addr).await.request(request).await;
         assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(reply.proxy_error(), "body-too-large");
+        assert_eq!(
+            reply.body,
+            "the request body exceeds the proxy's limit of 1000 bytes\n"
+        );
 
         // Within the limit.
         let request = Request::post("/upload")
