@@ -833,6 +833,19 @@ fn a_rollback_while_warm_is_a_quick_switch_and_marks_what_it_left() {
         .find(|s| s.at >= t0 && s.body.trim() == "v1")
         .expect("v1 answered after the rollback");
     let switch = first_v1.at - t0;
+    if std::env::var("SHOW_SEEN").is_ok() {
+        for s in seen.iter().filter(|s| {
+            s.at + Duration::from_millis(200) >= t0
+                && s.at <= first_v1.at + Duration::from_millis(5)
+        }) {
+            eprintln!(
+                "  {:>8.1}ms {} {}",
+                ((s.at + Duration::from_secs(1)) - t0).as_secs_f64() * 1000.0 - 1000.0,
+                s.status,
+                s.body.trim()
+            );
+        }
+    }
     eprintln!(
         "rollback while warm: first request answered by the old revision {switch:?} after `tandem rollback` started (the command took {command_took:?})"
     );

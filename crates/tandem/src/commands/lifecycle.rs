@@ -307,12 +307,14 @@ pub(crate) async fn deploy(
 pub(crate) async fn rollback(ctx: &Ctx, to: Option<u64>, format: Output) -> Result<u8> {
     let client = ctx.client()?;
     let begun = Instant::now();
-    let info: tandem_api::ServerInfo = client.get_json("/v1/server").await?;
+    // The request goes first: a rollback to warm instances is a switch that should wait
+    // for nothing else.
     let request = tandem_api::RollbackRequest {
         to,
         who: author(&ctx.project_dir),
     };
     let outcome = run_deployment(&client, "/v1/rollback", &request).await?;
+    let info: tandem_api::ServerInfo = client.get_json("/v1/server").await?;
     Ok(report_outcome(ctx, &outcome, begun, &info.listen, format))
 }
 

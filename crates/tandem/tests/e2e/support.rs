@@ -85,7 +85,11 @@ impl Project {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tandem"));
+        // TANDEM_TEST_BIN runs the tests against another build (a release build, to
+        // measure); by default they use the debug binary cargo built for them.
+        let bin = std::env::var("TANDEM_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tandem").to_string());
+        let mut c = Command::new(bin);
         c.args(args)
             .current_dir(self.path())
             .env("NO_COLOR", "1")
@@ -246,10 +250,8 @@ pub fn http_request(
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
-    )?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n");
+    s.write_all(request.as_bytes())?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     let status = text
@@ -300,6 +302,7 @@ impl Load {
                             match TcpStream::connect(("127.0.0.1", port)) {
                                 Ok(s) => {
                                     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                                    s.set_nodelay(true).unwrap();
                                     conn = Some(std::io::BufReader::new(s));
                                 }
                                 Err(e) => {
@@ -356,10 +359,9 @@ fn keep_alive_get(
     path: &str,
 ) -> std::io::Result<(u16, String, bool)> {
     use std::io::BufRead;
-    write!(
-        conn.get_mut(),
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-    )?;
+    // One write, without Nagle: small writes would wait for the proxy's delayed ACK.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    conn.get_mut().write_all(request.as_bytes())?;
     let mut status_line = String::new();
     if conn.read_line(&mut status_line)? == 0 {
         return Err(std::io::Error::other("connection closed before an answer"));
