@@ -15,7 +15,7 @@
 # only if they ran close together, so each round runs them back to back, and the ratios
 # are taken per round, then their median is reported.
 #
-# Usage: bench/proxy.sh            (ROUNDS=5 DURATION=10s CONNS=50 WARMUP=2s by default)
+# Usage: bench/proxy.sh    (ROUNDS=5 DURATION=10s CONNS=50 WARMUP=2s PROFILE=release by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,8 +32,10 @@ if [ "$(nproc)" -lt 2 ]; then
     exit 1
 fi
 
-cargo build --release --examples -p tandem-proxy
-bin=target/release/examples
+# PROFILE=dist builds tandem's examples as the shipped binary is built (fat LTO).
+PROFILE=${PROFILE:-release}
+cargo build --profile "$PROFILE" --examples -p tandem-proxy
+bin=target/$PROFILE/examples
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -132,7 +134,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 echo
-echo "wrk -t1 -c$CONNS -d$DURATION --latency, $ROUNDS rounds (medians); proxy on core 0, wrk + backend on core 1"
+echo "wrk -t1 -c$CONNS -d$DURATION --latency, $ROUNDS rounds (medians), cargo profile $PROFILE; proxy on core 0, wrk + backend on core 1"
 echo "$(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 python3 - "$work" "$ROUNDS" "$(getconf CLK_TCK)" <<'PY'
 import re, statistics, sys
