@@ -60,6 +60,10 @@ pub struct ServicePlan {
     /// Services that depend on this one, directly or not, when this one changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blast_radius: Vec<String>,
+    /// How a replacement is rolled out: `recreate`, `blue-green`, `canary 10% → 50% → 100%
+    /// (30s each)` or `replace` (no `release`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
 }
 
 /// One changed field between two resolved systems.

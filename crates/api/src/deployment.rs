@@ -11,6 +11,8 @@ pub enum DeploymentKind {
     Deploy,
     /// `tandem rollback`.
     Rollback,
+    /// `tandem down` (holds the deploy lock while it stops everything; never stored).
+    Down,
 }
 
 impl DeploymentKind {
@@ -18,10 +20,11 @@ impl DeploymentKind {
         match self {
             DeploymentKind::Deploy => "deploy",
             DeploymentKind::Rollback => "rollback",
+            DeploymentKind::Down => "down",
         }
     }
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Deploy, Self::Rollback]
+        [Self::Deploy, Self::Rollback, Self::Down]
             .into_iter()
             .find(|k| k.as_str() == text)
     }

@@ -400,10 +400,12 @@ impl Engine {
         let template = &self.templates(system)[name];
         let has_traffic =
             service.port.is_some() || !tandem_spec::dependents(system, name).is_empty();
-        let release = if options.plain {
-            None
-        } else {
-            service.release.clone()
+        // Plain roll-outs (recovery, rollback) skip canary steps and warm pools, but a
+        // service that must never run twice (`recreate`) is still replaced in that order.
+        let release = match (&service.release, options.plain) {
+            (Some(Release::Recreate), _) => Some(Release::Recreate),
+            (_, true) => None,
+            (r, false) => r.clone(),
         };
         let indexes: Vec<u32> = (0..service.replicas).collect();
         let strategy = match &release {

@@ -523,7 +523,9 @@ impl Engine {
 
     /// Stops every instance, dependents first, and closes every listener.
     pub async fn down(&self, progress: Option<Progress>) -> Result<(), String> {
-        let _guard = self.try_lock(DeploymentKind::Deploy, "down")?;
+        let _guard = self
+            .try_lock(DeploymentKind::Down, "tandem down")
+            .map_err(|busy| format!("not stopping anything: {busy}"))?;
         let live = self.store.live(&self.env).map_err(|e| e.to_string())?;
         let mut order: Vec<String> = live
             .as_ref()

@@ -151,11 +151,14 @@ pub fn plan_services(
         } else {
             because
         };
+        let strategy = matches!(action, ServiceAction::Replace)
+            .then(|| strategy_text(service.release.as_ref()));
         plans.push(ServicePlan {
             name: name.clone(),
             action,
             because,
             blast_radius,
+            strategy,
         });
     }
     let mut gone: BTreeSet<String> = running
@@ -178,9 +181,35 @@ pub fn plan_services(
             action: ServiceAction::Remove,
             because: vec!["removed from the file".to_string()],
             blast_radius,
+            strategy: None,
         });
     }
     plans
+}
+
+/// How a replacement of a service with `release` is rolled out, in a few words.
+pub fn strategy_text(release: Option<&tandem_spec::Release>) -> String {
+    use tandem_spec::Release;
+    match release {
+        None => "replace (start new, switch, stop old)".to_string(),
+        Some(Release::Recreate) => "recreate (stop old, then start new)".to_string(),
+        Some(Release::BlueGreen { keep_warm }) => format!(
+            "blue-green (old kept warm {})",
+            keep_warm
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "5m".into())
+        ),
+        Some(Release::Canary {
+            steps, step_time, ..
+        }) => format!(
+            "canary {} ({step_time} each)",
+            steps
+                .iter()
+                .map(|s| format!("{s}%"))
+                .collect::<Vec<_>>()
+                .join(" → ")
+        ),
+    }
 }
 
 /// Fields that, when changed, need new processes (everything but these).

@@ -65,7 +65,13 @@ impl Engine {
                     .store
                     .list(&self.env, 10_000)?
                     .into_iter()
-                    .find(|r| r.number < live.number && r.status == RevisionStatus::Superseded)
+                    // The last revision that went live before the live one, with other content
+                    // (a rollback's own revision has the content it restored).
+                    .find(|r| {
+                        r.number < live.number
+                            && r.status == RevisionStatus::Superseded
+                            && r.hash != live.hash
+                    })
                     .ok_or_else(|| {
                         failed(format!(
                             "no revision before {} went live in {}; there is nothing to roll back to",
@@ -92,6 +98,8 @@ impl Engine {
         let mut run = Run::default();
         let mut plans: Vec<ServicePlan> = Vec::new();
         let mut switched_warm: Vec<String> = Vec::new();
+        // The warm instances a switch used, to put back if the rollback fails.
+        let mut taken_warm: Vec<(String, Vec<crate::routing::Warm>)> = Vec::new();
         {
             let mut routing = self.routing.lock().expect("routing lock");
             for (name, service) in &target.system.service {
@@ -117,11 +125,12 @@ impl Engine {
                         })
                         .map(|w| w.id.clone())
                         .collect();
-                    if !healthy.is_empty() && healthy.len() as u32 >= service.replicas.min(1) {
+                    if healthy.len() as u32 >= service.replicas && service.replicas > 0 {
                         routing.all_to(name, &healthy);
                         run.switched.push((name.clone(), serving.clone()));
                         run.retire.push((name.clone(), serving, Duration::ZERO));
                         switched_warm.push(name.clone());
+                        taken_warm.push((name.clone(), warm));
                         ServiceAction::Keep
                     } else {
                         // Put back what could not be used; it expires as planned.
@@ -134,6 +143,7 @@ impl Engine {
                     action,
                     because: Vec::new(),
                     blast_radius: Vec::new(),
+                    strategy: None,
                 });
             }
             for name in live.system.service.keys() {
@@ -143,11 +153,24 @@ impl Engine {
                         action: ServiceAction::Remove,
                         because: vec!["not in the revision rolled back to".into()],
                         blast_radius: Vec::new(),
+                        strategy: None,
                     });
                 }
             }
         }
         self.update_backends();
+        for name in &switched_warm {
+            self.emit(
+                EventKind::TrafficShift,
+                Some(name.clone()),
+                Some(target.number),
+                Some(who.to_string()),
+                format!(
+                    "{name}: all traffic back to revision {}'s warm instances",
+                    target.number
+                ),
+            );
+        }
         if !switched_warm.is_empty() {
             say(
                 &progress,
@@ -261,6 +284,9 @@ impl Engine {
                     let mut routing = self.routing.lock().expect("routing lock");
                     for (service, old) in &run.switched {
                         routing.all_to(service, old);
+                    }
+                    for (service, warm) in taken_warm {
+                        routing.warm.entry(service).or_default().extend(warm);
                     }
                 }
                 self.update_backends();

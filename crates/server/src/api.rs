@@ -223,19 +223,24 @@ async fn down(State(state): State<Arc<AppState>>) -> Response {
     tokio::spawn(async move {
         let (ptx, forward) = forward_progress(tx.clone());
         let result = engine.down(Some(ptx)).await;
-        if let Err(e) = dir.mark_down(true) {
-            tracing::warn!("cannot leave the down mark: {e}");
-        }
         let _ = forward.await;
-        let last = match result {
-            Ok(()) => serde_json::json!({"down": true}),
-            Err(e) => serde_json::json!({"failed": {"error": e.to_string()}}),
-        };
-        let _ = tx.send(last.to_string()).await;
-        drop(tx);
-        // Let the answer reach the client before the listeners close.
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let _ = shutdown.send(true);
+        match result {
+            Ok(()) => {
+                if let Err(e) = dir.mark_down(true) {
+                    tracing::warn!("cannot leave the down mark: {e}");
+                }
+                let _ = tx.send(serde_json::json!({"down": true}).to_string()).await;
+                drop(tx);
+                // Let the answer reach the client before the listeners close.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                let _ = shutdown.send(true);
+            }
+            // A deployment holds the lock: nothing was stopped, the server stays.
+            Err(e) => {
+                let last = serde_json::json!({"failed": {"error": e}});
+                let _ = tx.send(last.to_string()).await;
+            }
+        }
     });
     ndjson_response(rx)
 }

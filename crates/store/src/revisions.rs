@@ -124,7 +124,8 @@ impl Store {
         })
     }
 
-    /// The newest revision of `env` with content `hash` that was rolled back, if any.
+    /// The newest revision of `env` with content `hash` that went live, when it was rolled
+    /// back (and not made live again since).
     pub fn rolled_back_with_hash(
         &self,
         env: &str,
@@ -134,13 +135,14 @@ impl Store {
             let mut statement = conn
                 .prepare_cached(&format!(
                     "SELECT {SUMMARY_COLUMNS} FROM revisions WHERE env = ?1 AND hash = ?2 \
-                     AND status = 'rolled-back' ORDER BY number DESC LIMIT 1"
+                     AND status IN ('live', 'superseded', 'rolled-back') ORDER BY number DESC LIMIT 1"
                 ))
                 .map_err(|e| self.sqlite_error(e))?;
-            statement
+            let newest = statement
                 .query_row(params![env, hash], Self::summary_from_row)
                 .optional()
-                .map_err(|e| self.sqlite_error(e))
+                .map_err(|e| self.sqlite_error(e))?;
+            Ok(newest.filter(|r| r.status == RevisionStatus::RolledBack))
         })
     }
 

@@ -570,7 +570,10 @@ fn a_rollback_points_at_what_it_restores_and_marks_what_it_left() {
     let store = Store::open(&dir.path().join("state.db")).unwrap();
     let first = begin(&store, "dev");
     store.mark_live("dev", first).unwrap();
-    let second = begin(&store, "dev");
+    let second = store
+        .begin_revision("dev", &system(2), "h2", &provenance("v2"))
+        .unwrap()
+        .number;
     store.mark_live("dev", second).unwrap();
     let target = store.get("dev", first).unwrap().unwrap();
     let rollback = store
@@ -593,6 +596,13 @@ fn a_rollback_points_at_what_it_restores_and_marks_what_it_left() {
         .rolled_back_with_hash("dev", &store.get("dev", second).unwrap().unwrap().hash)
         .unwrap();
     assert_eq!(found.map(|r| r.number), Some(second));
+    // The same content live again later (a forced deploy) lifts the mark.
+    let again = store
+        .begin_revision("dev", &system(2), "h2", &provenance("v2 again"))
+        .unwrap()
+        .number;
+    store.mark_live("dev", again).unwrap();
+    assert_eq!(store.rolled_back_with_hash("dev", "h2").unwrap(), None);
     assert!(store.mark_rolled_back("dev", 99, "no such").is_err());
 }
 

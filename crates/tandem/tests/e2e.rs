@@ -682,9 +682,7 @@ fn a_blue_green_deploy_under_load_fails_no_request_and_keeps_the_old_revision_wa
     let p = Project::new(&web_version(port, "v1", release, ""));
     p.up().ok();
     let load = Load::start(port, "/hello");
-    eventually("the first answers", || {
-        http_get(port, "/hello").ok().filter(|(s, _)| *s == 200)
-    });
+    load.wait_answers(5);
     p.set_system(&web_version(port, "v2", release, ""));
     let out = p.run(&["deploy", "-m", "v2"]).ok();
     assert!(
@@ -692,16 +690,22 @@ fn a_blue_green_deploy_under_load_fails_no_request_and_keeps_the_old_revision_wa
         "{}",
         out.all()
     );
-    eventually("v2 answers", || {
-        http_get(port, "/hello").ok().filter(|(_, b)| b == "v2\n")
-    });
+    let deployed = Instant::now();
+    load.wait_answers(10);
     let (seen, failures) = load.finish();
     assert!(failures.is_empty(), "failed requests: {failures:?}");
     assert!(seen.iter().all(|s| s.status == 200), "{seen:?}");
     let b = bodies(&seen);
+    assert_eq!(b.first().map(String::as_str), Some("v1"), "{b:?}");
+    let after: Vec<&String> = seen
+        .iter()
+        .zip(&b)
+        .filter(|(s, _)| s.at > deployed)
+        .map(|(_, b)| b)
+        .collect();
     assert!(
-        b.contains(&"v1".to_string()) && b.last().map(String::as_str) == Some("v2"),
-        "{b:?}"
+        after.len() >= 10 && after.iter().all(|b| *b == "v2"),
+        "after the deploy: {after:?}"
     );
     let web = p.instances("web");
     let warm: Vec<_> = web.iter().filter(|i| i.warm_until_ms.is_some()).collect();
@@ -719,6 +723,7 @@ fn a_canary_deploy_under_load_shifts_traffic_in_steps_and_fails_no_request() {
     let p = Project::new(&web_version(port, "v1", release, ""));
     p.up().ok();
     let load = Load::start(port, "/hello");
+    load.wait_answers(5);
     p.set_system(&web_version(port, "v2", release, ""));
     let out = p.run(&["deploy"]);
     let (seen, failures) = load.finish();
@@ -759,6 +764,7 @@ fn a_canary_that_breaches_its_error_rate_is_rolled_back_automatically() {
     let p = Project::new(&web_version(port, "v1", release, ""));
     p.up().ok();
     let load = Load::start(port, "/hello");
+    load.wait_answers(5);
     p.set_system(&web_version(port, "v2", release, ", FAIL_RATE = \"1.0\""));
     let out = p.run(&["deploy"]);
     let (_seen, failures) = load.finish();

@@ -248,7 +248,12 @@ pub(crate) async fn plan(ctx: &Ctx, format: Output) -> Result<u8> {
                 ServiceAction::Remove => (red("-"), "stop and remove".to_string()),
                 ServiceAction::Keep => (" ".into(), "keep".to_string()),
             };
-            println!("{mark} {}: {what}", bold(&s.name));
+            match &s.strategy {
+                Some(strategy) => {
+                    println!("{mark} {}: {what} · release: {strategy}", bold(&s.name))
+                }
+                None => println!("{mark} {}: {what}", bold(&s.name)),
+            }
             if !s.because.is_empty() {
                 println!("    because: {}", s.because.join(", "));
             }
@@ -270,7 +275,7 @@ pub(crate) async fn plan(ctx: &Ctx, format: Output) -> Result<u8> {
         println!("{}", dim(&format!("  unchanged: {}", kept.join(", "))));
     }
     if plan.has_changes() {
-        println!("\n`tandem up` applies this.");
+        println!("\n`tandem deploy` (or `tandem up`) applies this.");
         Ok(2)
     } else {
         println!("no changes.");
@@ -342,19 +347,24 @@ pub(crate) async fn history(ctx: &Ctx, format: Output, limit: usize) -> Result<u
         .await
         .unwrap_or_default();
     let deployment_of = |number: u64| {
-        deployments.iter().find(|d| d.revision == number).map(|d| {
-            let took = d
-                .finished_ms
-                .map(|f| format!(" {:.1}s", (f - d.started_ms) as f64 / 1000.0))
-                .unwrap_or_default();
-            let outcome = match d.outcome {
-                Some(tandem_api::DeploymentOutcome::Succeeded) => "ok",
-                Some(tandem_api::DeploymentOutcome::RolledBack) => "rolled back",
-                Some(tandem_api::DeploymentOutcome::Failed) => "failed",
-                None => "running",
-            };
-            format!("#{} {} {outcome}{took}", d.id, d.kind.as_str())
-        })
+        // The oldest deployment of a revision is the one that tried to make it live.
+        deployments
+            .iter()
+            .rev()
+            .find(|d| d.revision == number)
+            .map(|d| {
+                let took = d
+                    .finished_ms
+                    .map(|f| format!(" {:.1}s", (f - d.started_ms) as f64 / 1000.0))
+                    .unwrap_or_default();
+                let outcome = match d.outcome {
+                    Some(tandem_api::DeploymentOutcome::Succeeded) => "ok",
+                    Some(tandem_api::DeploymentOutcome::RolledBack) => "rolled back",
+                    Some(tandem_api::DeploymentOutcome::Failed) => "failed",
+                    None => "running",
+                };
+                format!("#{} {} {outcome}{took}", d.id, d.kind.as_str())
+            })
     };
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -450,7 +460,11 @@ pub(crate) async fn show(ctx: &Ctx, which: &str, format: RenderOutput) -> Result
     }
     if let Some(reason) = &r.reason {
         for (i, line) in reason.lines().enumerate() {
-            println!("# {}{line}", if i == 0 { "failed: " } else { "  " });
+            let label = match r.status {
+                RevisionStatus::RolledBack => "rolled back: ",
+                _ => "failed: ",
+            };
+            println!("# {}{line}", if i == 0 { label } else { "  " });
         }
     }
     println!("# hash {}", r.hash);

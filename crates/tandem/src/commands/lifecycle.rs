@@ -39,8 +39,11 @@ pub(crate) async fn serve(
 fn init_server_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    // Colors only for a person at a terminal; `server.log` stays plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -176,7 +179,7 @@ async fn deploy_file(
         force,
     };
     let outcome = run_deployment(&client, "/v1/apply", &request).await?;
-    let code = report_outcome(ctx, &outcome, begun, &info.listen, format);
+    let code = report_outcome(ctx, "deploy", &outcome, begun, &info.listen, format);
     if code != 0 {
         let status: tandem_api::StatusResponse = client.get_json("/v1/status").await?;
         if started_server && status.live_revision.is_none() {
@@ -213,6 +216,7 @@ pub(crate) async fn run_deployment<B: serde::Serialize>(
 /// 0 live, [`EXIT_ROLLED_BACK`] rolled back automatically, 1 failed.
 pub(crate) fn report_outcome(
     ctx: &Ctx,
+    what: &str,
     outcome: &ApplyMessage,
     begun: Instant,
     listen: &str,
@@ -281,7 +285,7 @@ pub(crate) fn report_outcome(
                     );
                 }
             } else {
-                eprintln!("{} {error}", output::red("deploy failed:"));
+                eprintln!("{} {error}", output::red(&format!("{what} failed:")));
                 match revision {
                     Some(n) => eprintln!(
                         "  revision {n} is recorded as failed; the previous state keeps running"
@@ -315,7 +319,14 @@ pub(crate) async fn rollback(ctx: &Ctx, to: Option<u64>, format: Output) -> Resu
     };
     let outcome = run_deployment(&client, "/v1/rollback", &request).await?;
     let info: tandem_api::ServerInfo = client.get_json("/v1/server").await?;
-    Ok(report_outcome(ctx, &outcome, begun, &info.listen, format))
+    Ok(report_outcome(
+        ctx,
+        "rollback",
+        &outcome,
+        begun,
+        &info.listen,
+        format,
+    ))
 }
 
 pub(crate) async fn up(

@@ -283,15 +283,18 @@ pub struct Seen {
 /// stopped; a request that gets no answer counts as a failure.
 pub struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     threads: Vec<std::thread::JoinHandle<(Vec<Seen>, Vec<String>)>>,
 }
 
 impl Load {
     pub fn start(port: u16, path: &str) -> Load {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let threads = (0..2)
             .map(|_| {
                 let stop = stop.clone();
+                let answered = answered.clone();
                 let path = path.to_string();
                 std::thread::spawn(move || {
                     let mut seen = Vec::new();
@@ -320,6 +323,7 @@ impl Load {
                                     status,
                                     body,
                                 });
+                                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 if close {
                                     conn = None;
                                 }
@@ -334,7 +338,19 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, threads }
+        Load {
+            stop,
+            answered,
+            threads,
+        }
+    }
+
+    /// Waits until the loop has had `more` answers beyond those it had when called.
+    pub fn wait_answers(&self, more: usize) {
+        let target = self.answered.load(std::sync::atomic::Ordering::Relaxed) + more;
+        eventually("answers from the load loop", || {
+            (self.answered.load(std::sync::atomic::Ordering::Relaxed) >= target).then_some(())
+        });
     }
 
     /// Stops the loop; returns every answer (in time order) and every failure.
