@@ -520,8 +520,9 @@ pub(crate) async fn timeline(
             .unwrap_or_else(|| e.env.clone());
         let who = e.who.map(|w| format!(" ({w})")).unwrap_or_default();
         println!(
-            "{}  {:<20} {:<14} {}{}",
+            "{}  {:<6} {:<20} {:<14} {}{}",
             dim(&timestamp(e.time_ms)),
+            e.env,
             e.kind.as_str(),
             subject,
             e.message,
