@@ -13,6 +13,7 @@
 
 pub mod deploy;
 pub mod edges;
+pub mod exposition;
 pub mod plan;
 mod rollback;
 pub mod routing;
