@@ -11,6 +11,7 @@
 //! ([`Engine::recover`]). Which instance takes what share of traffic lives in `routing`;
 //! dependency edges and their ports in `edges`.
 
+pub mod collect;
 pub mod deploy;
 pub mod edges;
 pub mod exposition;

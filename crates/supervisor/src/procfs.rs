@@ -89,6 +89,20 @@ pub fn process_group_stats(pgid: i32) -> ProcessStats {
     total
 }
 
+/// [`ProcessStats`] of every process group in one walk of `/proc` (a collector that reads
+/// many instances each second walks it once, not once per instance).
+pub fn all_group_stats() -> std::collections::HashMap<i32, ProcessStats> {
+    let mut groups: std::collections::HashMap<i32, ProcessStats> = std::collections::HashMap::new();
+    for (pid, stat) in all_stats() {
+        let one = stats_of(pid, &stat);
+        let total = groups.entry(stat.pgrp).or_default();
+        total.rss_bytes += one.rss_bytes;
+        total.cpu_seconds += one.cpu_seconds;
+        total.open_fds += one.open_fds;
+    }
+    groups
+}
+
 /// Every process (zombies included) whose process group is `pgid`, in PID order.
 pub fn pids_in_group(pgid: i32) -> Vec<i32> {
     let mut pids: Vec<i32> = all_stats()

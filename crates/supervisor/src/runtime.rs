@@ -122,6 +122,18 @@ struct InstanceHandle {
     done: watch::Receiver<bool>,
 }
 
+/// What an instance uses now (absent while no process runs).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    /// Cumulative CPU seconds (the cgroup's when there is one, else the process group's).
+    pub cpu_seconds: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    /// The cgroup's memory usage (page cache included), what the limit is held against.
+    pub cgroup_memory_bytes: Option<u64>,
+    pub open_fds: Option<u64>,
+    pub oom_kills: Option<u64>,
+}
+
 /// Sampled CPU of an instance: (when, cumulative cpu seconds).
 type CpuSample = (Instant, f64);
 
@@ -366,6 +378,36 @@ impl Runtime {
 
     pub fn logs_dir(&self) -> &Path {
         &self.config.logs_dir
+    }
+
+    /// Resource use of every instance whose process runs, for the metrics collector: one
+    /// walk of `/proc` for all of them, plus each one's cgroup files.
+    pub fn usage_all(&self) -> Vec<(InstanceStatus, Usage)> {
+        let statuses: Vec<InstanceStatus> = {
+            let map = self.instances.lock().expect("instances lock");
+            map.values().map(|h| h.status.borrow().clone()).collect()
+        };
+        let groups = procfs::all_group_stats();
+        statuses
+            .into_iter()
+            .map(|s| {
+                let mut usage = Usage::default();
+                if let Some(pid) = s.pid.filter(|_| s.state.is_up()) {
+                    let group = groups.get(&pid).copied().unwrap_or_default();
+                    usage.rss_bytes = Some(group.rss_bytes);
+                    usage.open_fds = Some(group.open_fds);
+                    usage.cpu_seconds = Some(group.cpu_seconds);
+                    if let Some(cg) = self.cgroups.open(&self.cgroup_group(&s.id)) {
+                        usage.cgroup_memory_bytes = cg.memory_usage_bytes();
+                        if let Some(c) = cg.cpu_usage_seconds() {
+                            usage.cpu_seconds = Some(c);
+                        }
+                        usage.oom_kills = cg.oom_kill_count();
+                    }
+                }
+                (s, usage)
+            })
+            .collect()
     }
 
     /// Samples CPU of every running instance; call it periodically (the server does every 2 s).
