@@ -94,20 +94,11 @@ impl fmt::Debug for Proxy {
     }
 }
 
-impl Default for Proxy {
-    fn default() -> Proxy {
-        Proxy::new()
-    }
-}
-
 // === impl Proxy: listeners ===
 
 impl Proxy {
-    /// A proxy with the default [`ProxyConfig`] that records no metrics.
-    pub fn new() -> Proxy {
-        Proxy::with_config(ProxyConfig::default(), Arc::new(NoMetrics))
-    }
-
+    /// A proxy with `config` that hands a record of every request to `sink` ([`NoMetrics`]
+    /// when nobody watches).
     pub fn with_config(config: ProxyConfig, sink: Arc<dyn MetricsSink>) -> Proxy {
         Proxy {
             shared: Arc::new(Shared {
@@ -270,48 +261,5 @@ impl Proxy {
         self.existing_traffic(service)
             .map(|traffic| traffic.counters.snapshot())
             .unwrap_or_default()
-    }
-}
-
-// === impl Proxy: the first API, kept while the engine moves to the one above ===
-
-impl Proxy {
-    /// The public port of `service`, in TCP mode: [`Proxy::listen_on`] with
-    /// [`ListenerKey::public`] and [`Protocol::Tcp`].
-    pub async fn listen(
-        &self,
-        service: &str,
-        listen: SocketAddr,
-    ) -> Result<SocketAddr, ProxyError> {
-        self.listen_on(ListenerKey::public(service), listen, Protocol::Tcp)
-            .await
-    }
-
-    /// [`Proxy::set_weighted_backends`] with weight 1 and revision 0 for each address.
-    pub fn set_backends(&self, service: &str, backends: Vec<SocketAddr>) {
-        let backends = backends
-            .into_iter()
-            .map(|addr| Backend {
-                addr,
-                weight: 1,
-                revision: 0,
-                instance: addr.to_string(),
-            })
-            .collect();
-        self.set_weighted_backends(service, backends);
-    }
-
-    /// Closes the public port of `service`.
-    pub fn close(&self, service: &str) {
-        self.close_listener(&ListenerKey::public(service));
-    }
-
-    /// Every public port, with the address bound, in service name order.
-    pub fn listening(&self) -> Vec<(String, SocketAddr)> {
-        lock(&self.shared.listeners)
-            .iter()
-            .filter(|(key, _)| key.caller.is_none())
-            .map(|(key, l)| (key.service.clone(), l.bound))
-            .collect()
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A snapshot of one service's counters. All but `active` only grow, for the life of the
-/// [`Proxy`](crate::Proxy), across `close` and `listen` again.
+/// [`Proxy`](crate::Proxy), across `close_listener` and `listen_on` again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProxyStats {
     /// Client connections accepted.

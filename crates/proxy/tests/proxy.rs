@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tandem_proxy::{Proxy, ProxyError};
+use tandem_proxy::{Backend, ListenerKey, NoMetrics, Protocol, Proxy, ProxyConfig, ProxyError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -107,12 +107,34 @@ fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
+/// A proxy with the default limits that records no metrics (TCP tests listen with
+/// [`Protocol::Tcp`]).
+fn tcp_proxy() -> Proxy {
+    Proxy::with_config(ProxyConfig::default(), Arc::new(NoMetrics))
+}
+
+/// Each address as a backend of weight 1 (revision 0).
+fn backends(addrs: &[SocketAddr]) -> Vec<Backend> {
+    addrs
+        .iter()
+        .map(|&addr| Backend {
+            addr,
+            weight: 1,
+            revision: 0,
+            instance: addr.to_string(),
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn new_connections_go_round_robin() {
     let (a, b) = (EchoBackend::start("A").await, EchoBackend::start("B").await);
-    let proxy = Proxy::new();
-    let addr = proxy.listen("api", any_port()).await.unwrap();
-    proxy.set_backends("api", vec![a.addr, b.addr]);
+    let proxy = tcp_proxy();
+    let addr = proxy
+        .listen_on(ListenerKey::public("api"), any_port(), Protocol::Tcp)
+        .await
+        .unwrap();
+    proxy.set_weighted_backends("api", backends(&[a.addr, b.addr]));
 
     let mut reached = Vec::new();
     for i in 0..6 {
@@ -130,9 +152,12 @@ async fn new_connections_go_round_robin() {
 #[tokio::test]
 async fn a_down_backend_is_skipped() {
     let a = EchoBackend::start("A").await;
-    let proxy = Proxy::new();
-    let addr = proxy.listen("api", any_port()).await.unwrap();
-    proxy.set_backends("api", vec![dead_addr(), a.addr]);
+    let proxy = tcp_proxy();
+    let addr = proxy
+        .listen_on(ListenerKey::public("api"), any_port(), Protocol::Tcp)
+        .await
+        .unwrap();
+    proxy.set_weighted_backends("api", backends(&[dead_addr(), a.addr]));
 
     for _ in 0..4 {
         let (mut stream, name) = connect(addr).await;
@@ -153,13 +178,16 @@ async fn a_down_backend_is_skipped() {
 #[tokio::test]
 async fn swapping_backends_leaves_open_connections_alone() {
     let (a, b) = (EchoBackend::start("A").await, EchoBackend::start("B").await);
-    let proxy = Proxy::new();
-    let addr = proxy.listen("api", any_port()).await.unwrap();
-    proxy.set_backends("api", vec![a.addr]);
+    let proxy = tcp_proxy();
+    let addr = proxy
+        .listen_on(ListenerKey::public("api"), any_port(), Protocol::Tcp)
+        .await
+        .unwrap();
+    proxy.set_weighted_backends("api", backends(&[a.addr]));
     let (mut old, name) = connect(addr).await;
     assert_eq!(name, "A");
 
-    proxy.set_backends("api", vec![b.addr]);
+    proxy.set_weighted_backends("api", backends(&[b.addr]));
     for _ in 0..3 {
         let (mut new, name) = connect(addr).await;
         assert_eq!(name, "B");
@@ -180,15 +208,18 @@ async fn swapping_backends_leaves_open_connections_alone() {
 #[tokio::test]
 async fn a_connection_waits_briefly_for_backends_to_appear() {
     let a = EchoBackend::start("A").await;
-    let proxy = Proxy::new();
-    let addr = proxy.listen("api", any_port()).await.unwrap();
+    let proxy = tcp_proxy();
+    let addr = proxy
+        .listen_on(ListenerKey::public("api"), any_port(), Protocol::Tcp)
+        .await
+        .unwrap();
 
     let client = tokio::spawn(connect(addr));
     wait_until("the proxy to accept the client", || {
         proxy.stats("api").accepted == 1
     })
     .await;
-    proxy.set_backends("api", vec![a.addr]);
+    proxy.set_weighted_backends("api", backends(&[a.addr]));
     let (mut stream, name) = client.await.unwrap();
     assert_eq!(name, "A");
     assert_echoes(&mut stream, "late but served").await;
@@ -199,8 +230,11 @@ async fn a_connection_waits_briefly_for_backends_to_appear() {
 async fn a_port_in_use_says_what_to_do() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let proxy = Proxy::new();
-    let error = proxy.listen("api", addr).await.unwrap_err();
+    let proxy = tcp_proxy();
+    let error = proxy
+        .listen_on(ListenerKey::public("api"), addr, Protocol::Tcp)
+        .await
+        .unwrap_err();
     assert!(matches!(error, ProxyError::AddrInUse { .. }), "{error:?}");
     assert_eq!(
         error.to_string(),
@@ -209,18 +243,39 @@ async fn a_port_in_use_says_what_to_do() {
             addr.port()
         )
     );
-    assert!(proxy.listening().is_empty());
+    assert!(proxy.listeners().is_empty());
 }
 
 #[tokio::test]
 async fn listening_again_is_a_no_op_and_ports_are_not_shared() {
-    let proxy = Proxy::new();
-    let addr = proxy.listen("api", any_port()).await.unwrap();
-    assert_eq!(proxy.listen("api", addr).await.unwrap(), addr);
-    assert_eq!(proxy.listen("api", any_port()).await.unwrap(), addr);
-    assert_eq!(proxy.listening(), [("api".to_string(), addr)]);
+    let proxy = tcp_proxy();
+    let addr = proxy
+        .listen_on(ListenerKey::public("api"), any_port(), Protocol::Tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        proxy
+            .listen_on(ListenerKey::public("api"), addr, Protocol::Tcp)
+            .await
+            .unwrap(),
+        addr
+    );
+    assert_eq!(
+        proxy
+            .listen_on(ListenerKey::public("api"), any_port(), Protocol::Tcp)
+            .await
+            .unwrap(),
+        addr
+    );
+    assert_eq!(
+        proxy.listeners(),
+        [(ListenerKey::public("api"), addr, Protocol::Tcp)]
+    );
 
-    let error = proxy.listen("web", addr).await.unwrap_err();
+    let error = proxy
+        .listen_on(ListenerKey::public("web"), addr, Protocol::Tcp)
+        .await
+        .unwrap_err();
     assert!(
         matches!(error, ProxyError::AddrTakenByService { .. }),
         "{error:?}"
@@ -237,13 +292,16 @@ async fn listening_again_is_a_no_op_and_ports_are_not_shared() {
 #[tokio::test]
 async fn close_stops_accepting_and_lets_open_connections_finish() {
     let a = EchoBackend::start("A").await;
-    let proxy = Proxy::new();
-    let addr = proxy.listen("api", any_port()).await.unwrap();
-    proxy.set_backends("api", vec![a.addr]);
+    let proxy = tcp_proxy();
+    let addr = proxy
+        .listen_on(ListenerKey::public("api"), any_port(), Protocol::Tcp)
+        .await
+        .unwrap();
+    proxy.set_weighted_backends("api", backends(&[a.addr]));
     let (mut open, _) = connect(addr).await;
 
-    proxy.close("api");
-    assert!(proxy.listening().is_empty());
+    proxy.close_listener(&ListenerKey::public("api"));
+    assert!(proxy.listeners().is_empty());
     let deadline = Instant::now() + DEADLINE;
     while TcpStream::connect(addr).await.is_ok() {
         assert!(
@@ -255,7 +313,10 @@ async fn close_stops_accepting_and_lets_open_connections_finish() {
     assert_echoes(&mut open, "in flight").await;
 
     // The service can listen again, with its backends and counters kept.
-    let addr = proxy.listen("api", any_port()).await.unwrap();
+    let addr = proxy
+        .listen_on(ListenerKey::public("api"), any_port(), Protocol::Tcp)
+        .await
+        .unwrap();
     let (_, name) = connect(addr).await;
     assert_eq!(name, "A");
     assert!(proxy.stats("api").accepted >= 2);
@@ -264,14 +325,26 @@ async fn close_stops_accepting_and_lets_open_connections_finish() {
 #[tokio::test]
 async fn listening_elsewhere_moves_the_service() {
     let a = EchoBackend::start("A").await;
-    let proxy = Proxy::new();
-    let old = proxy.listen("api", any_port()).await.unwrap();
-    proxy.set_backends("api", vec![a.addr]);
-    let new = proxy.listen("api", "127.0.0.2:0".parse().unwrap()).await;
+    let proxy = tcp_proxy();
+    let old = proxy
+        .listen_on(ListenerKey::public("api"), any_port(), Protocol::Tcp)
+        .await
+        .unwrap();
+    proxy.set_weighted_backends("api", backends(&[a.addr]));
+    let new = proxy
+        .listen_on(
+            ListenerKey::public("api"),
+            "127.0.0.2:0".parse().unwrap(),
+            Protocol::Tcp,
+        )
+        .await;
     let Ok(new) = new else {
         return; // This machine has no 127.0.0.2.
     };
-    assert_eq!(proxy.listening(), [("api".to_string(), new)]);
+    assert_eq!(
+        proxy.listeners(),
+        [(ListenerKey::public("api"), new, Protocol::Tcp)]
+    );
     let (_, name) = connect(new).await;
     assert_eq!(name, "A");
     let deadline = Instant::now() + DEADLINE;
@@ -285,9 +358,12 @@ async fn listening_elsewhere_moves_the_service() {
 async fn a_large_transfer_arrives_intact_with_half_close() {
     const SIZE: usize = 8 * 1024 * 1024;
     let a = EchoBackend::start("A").await;
-    let proxy = Proxy::new();
-    let addr = proxy.listen("api", any_port()).await.unwrap();
-    proxy.set_backends("api", vec![a.addr]);
+    let proxy = tcp_proxy();
+    let addr = proxy
+        .listen_on(ListenerKey::public("api"), any_port(), Protocol::Tcp)
+        .await
+        .unwrap();
+    proxy.set_weighted_backends("api", backends(&[a.addr]));
 
     let sent: Vec<u8> = (0..SIZE).map(|i| (i * 31 % 251) as u8).collect();
     let (stream, name) = connect(addr).await;
@@ -312,9 +388,12 @@ async fn a_large_transfer_arrives_intact_with_half_close() {
 
 #[tokio::test]
 async fn a_connection_without_a_reachable_backend_is_closed_after_a_short_hold() {
-    let proxy = Proxy::new();
-    let addr = proxy.listen("api", any_port()).await.unwrap();
-    proxy.set_backends("api", vec![dead_addr()]);
+    let proxy = tcp_proxy();
+    let addr = proxy
+        .listen_on(ListenerKey::public("api"), any_port(), Protocol::Tcp)
+        .await
+        .unwrap();
+    proxy.set_weighted_backends("api", backends(&[dead_addr()]));
 
     let started = Instant::now();
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -333,11 +412,17 @@ async fn a_connection_without_a_reachable_backend_is_closed_after_a_short_hold()
 
 #[tokio::test]
 async fn dropping_the_proxy_closes_its_ports() {
-    let proxy = Proxy::new();
-    let addr = proxy.listen("api", any_port()).await.unwrap();
+    let proxy = tcp_proxy();
+    let addr = proxy
+        .listen_on(ListenerKey::public("api"), any_port(), Protocol::Tcp)
+        .await
+        .unwrap();
     let clone = proxy.clone();
     drop(proxy);
-    assert_eq!(clone.listening(), [("api".to_string(), addr)]);
+    assert_eq!(
+        clone.listeners(),
+        [(ListenerKey::public("api"), addr, Protocol::Tcp)]
+    );
     drop(clone);
     let deadline = Instant::now() + DEADLINE;
     while TcpStream::connect(addr).await.is_ok() {
