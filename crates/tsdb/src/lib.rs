@@ -5,6 +5,10 @@
 //! samples, series and the [`Querier`] trait through which PromQL reads) and the storage
 //! engine behind it. It has no async runtime: callers decide which thread writes and reads.
 
+mod chunk;
+mod encoding;
 pub mod model;
+#[doc(hidden)]
+pub mod synth;
 
 pub use model::*;
