@@ -14,10 +14,9 @@
 //! time is skipped for [`OUT_AFTER_FAILURE`], used only as a last resort meanwhile; the first
 //! success clears the mark.
 
-use crate::body::ClientBody;
 use crate::config::Backend;
-use hyper::client::conn::http1::SendRequest;
-use std::collections::HashMap;
+use crate::upstream::Upstream;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -47,7 +46,8 @@ pub(crate) struct BackendState {
     in_flight: AtomicU64,
     /// Woken when `in_flight` drops to 0.
     idle_notify: Notify,
-    idle: Mutex<Vec<SendRequest<ClientBody>>>,
+    /// Idle upstream HTTP/1.1 connections, most recently used at the back.
+    idle: Mutex<VecDeque<Upstream>>,
 }
 
 fn epoch() -> Instant {
@@ -70,7 +70,7 @@ impl BackendState {
             out_until: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             idle_notify: Notify::new(),
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -121,34 +121,27 @@ impl BackendState {
         }
     }
 
-    /// An idle upstream connection ready for a request, if the pool has one. Connections
-    /// the backend closed are dropped; ones not ready yet (still finishing a request body)
-    /// stay for later.
-    pub(crate) fn checkout(&self) -> Option<SendRequest<ClientBody>> {
+    /// The most recently used idle upstream connection that is still open, if any.
+    /// Connections the backend closed meanwhile are dropped.
+    pub(crate) fn checkout(&self) -> Option<Upstream> {
         let mut idle = lock(&self.idle);
-        let mut busy = Vec::new();
-        let mut found = None;
-        while let Some(sender) = idle.pop() {
-            if sender.is_ready() {
-                found = Some(sender);
-                break;
-            }
-            if !sender.is_closed() {
-                busy.push(sender);
+        while let Some(conn) = idle.pop_back() {
+            if conn.is_usable() {
+                return Some(conn);
             }
         }
-        idle.extend(busy);
-        found
+        None
     }
 
-    /// Returns a connection whose last response completed.
-    pub(crate) fn checkin(&self, sender: SendRequest<ClientBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    /// Returns a connection whose last exchange ended cleanly. The least recently used one
+    /// is looked at too, so connections the backend closed while idle do not pile up.
+    pub(crate) fn checkin(&self, conn: Upstream) {
         let mut idle = lock(&self.idle);
+        if idle.front().is_some_and(|oldest| !oldest.is_usable()) {
+            idle.pop_front();
+        }
         if idle.len() < MAX_IDLE_PER_BACKEND {
-            idle.push(sender);
+            idle.push_back(conn);
         }
     }
 }

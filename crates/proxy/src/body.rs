@@ -1,130 +1,54 @@
-//! The two bodies the proxy streams: the client's request body on its way to a backend
-//! ([`ClientBody`]: counted, and cut at the body limit), and the response on its way to the
-//! client ([`ProxyBody`]: the backend's body counted, or the proxy's own short answer). Neither
-//! buffers: each frame passes through as it comes.
+//! The body of every response the proxy sends ([`ProxyBody`]): a backend's response relayed
+//! as it is read (see [`crate::upstream`]), or the proxy's own short answer. Nothing is
+//! buffered: each piece passes through as it comes.
 //!
-//! A [`ProxyBody`] carrying a backend's response also carries the request's meter and the
-//! upstream connection it came on: when the body has been sent whole, the connection goes
-//! back to the backend's pool and the request is recorded; when the body is dropped early,
-//! the request is recorded as failed and the connection is closed.
+//! A relayed body carries the request's meter and its [`Exchange`]: when the backend's body
+//! has been read whole, the connection goes back to the backend's pool (if the exchange
+//! ended cleanly) and the request is recorded; when the body is dropped early, the request is
+//! recorded as failed and the connection is closed.
 
-use crate::backends::BackendState;
-use crate::meter::{BodyProgress, RequestMeter};
+use crate::meter::RequestMeter;
 use crate::metrics::ProxyErrorSource;
+use crate::upstream::{Exchange, Stop};
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
+use hyper::body::{Body, Frame, SizeHint};
+use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
-/// Why a request body stopped on its way to the backend.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum BodyError {
-    #[error("the request body exceeds the limit of {0} bytes")]
-    TooLarge(u64),
-    #[error("the client's request body broke off: {0}")]
-    Client(hyper::Error),
-}
-
-/// The client's request body, forwarded frame by frame.
-pub(crate) struct ClientBody {
-    inner: Incoming,
-    progress: Option<Arc<BodyProgress>>,
-    limit: Option<u64>,
-    seen: u64,
-}
-
-impl ClientBody {
-    pub(crate) fn new(
-        inner: Incoming,
-        progress: Option<Arc<BodyProgress>>,
-        limit: Option<u64>,
-    ) -> ClientBody {
-        ClientBody {
-            inner,
-            progress,
-            limit,
-            seen: 0,
-        }
-    }
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.get_mut();
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    this.seen += data.len() as u64;
-                    if let Some(progress) = &this.progress {
-                        progress.bytes.store(this.seen, Ordering::Relaxed);
-                    }
-                    if let Some(limit) = this.limit
-                        && this.seen > limit
-                    {
-                        if let Some(progress) = &this.progress {
-                            progress.too_large.store(true, Ordering::Relaxed);
-                        }
-                        return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Some(Err(error)) => {
-                if let Some(progress) = &this.progress {
-                    progress.client_failed.store(true, Ordering::Relaxed);
-                }
-                Poll::Ready(Some(Err(BodyError::Client(error))))
-            }
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// An upstream connection lent to one request.
-pub(crate) struct Lease {
-    pub(crate) sender: SendRequest<ClientBody>,
-    pub(crate) backend: Arc<BackendState>,
-}
-
+// Boxing the relay would cost an allocation per request; the body moves once, into hyper.
+#[expect(clippy::large_enum_variant)]
 enum Kind {
-    Upstream(Incoming),
+    Relay(Relay),
     Full(Option<Bytes>),
+}
+
+/// A backend's response body on its way to the client.
+struct Relay {
+    /// `None` once the body ended (the connection went back to the pool or was closed).
+    exchange: Option<Exchange>,
+    meter: RequestMeter,
+    ended: bool,
+    failed: Option<ProxyErrorSource>,
 }
 
 /// The body of every response the proxy sends.
 pub(crate) struct ProxyBody {
     kind: Kind,
-    meter: Option<RequestMeter>,
-    lease: Option<Lease>,
-    ended: bool,
-    failed: bool,
 }
 
 impl ProxyBody {
-    pub(crate) fn upstream(body: Incoming, meter: RequestMeter, lease: Option<Lease>) -> Self {
-        ProxyBody {
-            kind: Kind::Upstream(body),
-            meter: Some(meter),
-            lease,
+    /// Relays the response body of `exchange`, whose head went out already.
+    pub(crate) fn relay(exchange: Exchange, meter: RequestMeter) -> ProxyBody {
+        let mut relay = Relay {
+            exchange: Some(exchange),
+            meter,
             ended: false,
-            failed: false,
+            failed: None,
+        };
+        relay.end_if_done();
+        ProxyBody {
+            kind: Kind::Relay(relay),
         }
     }
 
@@ -133,10 +57,6 @@ impl ProxyBody {
         let text = text.into();
         ProxyBody {
             kind: Kind::Full((!text.is_empty()).then_some(text)),
-            meter: None,
-            lease: None,
-            ended: false,
-            failed: false,
         }
     }
 
@@ -145,64 +65,91 @@ impl ProxyBody {
     }
 }
 
+impl Relay {
+    /// At the end of the backend's body: the connection goes back (or closes), and the
+    /// request is recorded.
+    fn end_if_done(&mut self) {
+        if let Some(exchange) = &self.exchange
+            && exchange.body_done()
+        {
+            let exchange = self.exchange.take().expect("checked above");
+            self.meter.bytes_in = exchange.sent;
+            exchange.release();
+            self.ended = true;
+            self.meter.finish(None);
+        }
+    }
+
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        let Some(exchange) = &mut self.exchange else {
+            return Poll::Ready(None);
+        };
+        let polled = ready!(exchange.poll_body(cx));
+        match &polled {
+            Some(Ok(data)) => {
+                self.meter.bytes_out += data.len() as u64;
+                self.end_if_done();
+            }
+            Some(Err(_)) => {
+                let exchange = self.exchange.take().expect("polled above");
+                self.meter.bytes_in = exchange.sent;
+                // The client's own body going wrong is the client's failure.
+                self.failed = Some(match exchange.stopped() {
+                    Some(Stop::TooLarge | Stop::ClientBroken) => ProxyErrorSource::Downstream,
+                    _ => ProxyErrorSource::Upstream,
+                });
+            }
+            None => self.end_if_done(),
+        }
+        Poll::Ready(polled)
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        match &mut this.kind {
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match &mut self.get_mut().kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Kind::Upstream(inner) => {
-                let frame = ready!(Pin::new(inner).poll_frame(cx));
-                match &frame {
-                    Some(Ok(frame)) => {
-                        if let (Some(data), Some(meter)) = (frame.data_ref(), &mut this.meter) {
-                            meter.bytes_out += data.len() as u64;
-                        }
-                    }
-                    Some(Err(_)) => this.failed = true,
-                    None => this.ended = true,
-                }
-                Poll::Ready(frame)
-            }
+            Kind::Relay(relay) => relay
+                .poll_data(cx)
+                .map(|polled| polled.map(|result| result.map(Frame::data))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(data) => data.is_none(),
-            Kind::Upstream(inner) => inner.is_end_stream(),
+            Kind::Relay(relay) => relay.ended,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Kind::Upstream(inner) => inner.size_hint(),
+            Kind::Relay(relay) => match relay.exchange.as_ref().map(Exchange::body_remaining) {
+                None => SizeHint::with_exact(0),
+                Some(Some(remaining)) => SizeHint::with_exact(remaining),
+                Some(None) => SizeHint::default(),
+            },
         }
     }
 }
 
-impl Drop for ProxyBody {
+impl Drop for Relay {
     fn drop(&mut self) {
-        let Some(mut meter) = self.meter.take() else {
+        if self.ended {
             return;
-        };
-        let complete = !self.failed
-            && (self.ended || matches!(&self.kind, Kind::Upstream(inner) if inner.is_end_stream()));
-        if complete {
-            if let Some(lease) = self.lease.take() {
-                lease.backend.checkin(lease.sender);
-            }
-            meter.finish(None);
-        } else if self.failed {
-            meter.finish(Some(ProxyErrorSource::Upstream));
-        } else {
-            meter.finish(Some(ProxyErrorSource::Downstream));
         }
+        if let Some(exchange) = &self.exchange {
+            self.meter.bytes_in = exchange.sent;
+        }
+        // Failed on either side, or dropped unfinished: the client went away.
+        let source = self.failed.unwrap_or(ProxyErrorSource::Downstream);
+        self.meter.finish(Some(source));
     }
 }

@@ -9,29 +9,28 @@
 //! connections are spliced and bytes copied both ways until both close.
 
 use crate::backends::BackendState;
-use crate::body::{ClientBody, Lease, ProxyBody};
+use crate::body::ProxyBody;
 use crate::config::{Protocol, ProxyConfig};
-use crate::meter::{BodyProgress, RequestMeter};
+use crate::meter::RequestMeter;
 use crate::metrics::{MethodClass, ProxyErrorSource};
 use crate::route::{ConnectFailure, Refusal, choose, within};
 use crate::service::ListenerCtx;
+use crate::upstream::{Exchange, HeadError, Stop, Upstream};
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Incoming};
-use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -213,52 +212,75 @@ async fn proxy_request(conn: &Conn, mut request: Request<Incoming>) -> Response<
 
     let upgrade = wants_upgrade(&request);
     let client_upgrade: Option<OnUpgrade> = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let (mut head, body) = request.into_parts();
-    rewrite_request_head(&mut head, conn, upgrade);
-    let progress = (!body.is_end_stream()).then(|| Arc::new(BodyProgress::default()));
-    meter.body_in = progress.clone();
-    let mut request = Request::from_parts(
-        head,
-        ClientBody::new(body, progress.clone(), config.max_body_bytes),
-    );
+    let (head, body) = request.into_parts();
+    // A body without a length (chunked HTTP/1.1, or HTTP/2 without content-length) goes out
+    // chunked.
+    let chunked = !body.is_end_stream() && !head.headers.contains_key(header::CONTENT_LENGTH);
+    // Only a request without a body whose method is safe to repeat is sent again after a
+    // pooled connection failed before any answer (as Go's client does).
+    let replayable = body.is_end_stream()
+        && matches!(
+            head.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        );
+    let head_request = head.method == Method::HEAD;
 
-    let (backend, mut sender) = match choose(ctx, &mut meter, checkout_or_connect).await {
+    let (backend, mut upstream) = match choose(ctx, &mut meter, checkout_or_connect).await {
         Ok(chosen) => chosen,
         Err(refusal) => return answer(meter, &refusal),
     };
     meter.assign(backend.clone());
 
-    // A pooled connection the backend closed just before we used it gives the request back
-    // unsent: it goes out again on a fresh connection.
+    let mut body = Some((body, chunked));
     let mut resends = 0;
-    let mut response = loop {
-        let sent = within(config.response_timeout, sender.try_send_request(request)).await;
-        match sent {
-            Some(Ok(response)) => break response,
+    let (exchange, response) = loop {
+        write_request_head(
+            upstream.head_buffer(),
+            &head,
+            &conn.peer_ip,
+            upgrade,
+            chunked,
+        );
+        let mut exchange = Exchange::new(
+            upstream,
+            backend.clone(),
+            body.take(),
+            config.max_body_bytes,
+            head_request,
+        );
+        let response = within(
+            config.response_timeout,
+            std::future::poll_fn(|cx| exchange.poll_head(cx)),
+        )
+        .await;
+        match response {
+            Some(Ok(response)) => break (exchange, response),
             None => {
                 let refusal = Refusal::Timeout {
                     addr: backend.addr,
                     after: config.response_timeout,
                 };
+                meter.bytes_in = exchange.sent;
                 return answer(meter, &refusal);
             }
-            Some(Err(mut error)) => {
-                if let Some(unsent) = error.take_message()
-                    && resends < 2
-                {
-                    resends += 1;
-                    request = unsent;
-                    sender = match connect(&backend, config).await {
-                        Ok(sender) => sender,
-                        Err(failure) => {
-                            let addr = backend.addr;
-                            return answer(meter, &Refusal::Connect { addr, failure });
-                        }
-                    };
-                    continue;
-                }
-                let refusal =
-                    send_failure(error.error(), progress.as_deref(), backend.addr, config);
+            // The backend closed a pooled connection just as it was used, before answering:
+            // the request goes out again on a fresh connection.
+            Some(Err(HeadError::Closed | HeadError::Reset(_)))
+                if replayable && exchange.may_resend() && resends < 2 =>
+            {
+                resends += 1;
+                drop(exchange.into_conn());
+                upstream = match connect(&backend, config).await {
+                    Ok(upstream) => upstream,
+                    Err(failure) => {
+                        let addr = backend.addr;
+                        return answer(meter, &Refusal::Connect { addr, failure });
+                    }
+                };
+            }
+            Some(Err(error)) => {
+                meter.bytes_in = exchange.sent;
+                let refusal = head_failure(error, backend.addr, config);
                 return answer(meter, &refusal);
             }
         }
@@ -274,82 +296,53 @@ async fn proxy_request(conn: &Conn, mut request: Request<Incoming>) -> Response<
             };
             return answer(meter, &refusal);
         };
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
-        let (mut head, _) = response.into_parts();
-        let protocol = head.headers.get(header::UPGRADE).cloned();
-        remove_hop_by_hop(&mut head.headers);
-        if let Some(protocol) = protocol {
-            head.headers.insert(header::UPGRADE, protocol);
-            head.headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-        tokio::spawn(splice(meter, client_upgrade, upstream_upgrade));
-        return Response::from_parts(head, ProxyBody::empty());
+        meter.bytes_in = exchange.sent;
+        let (upstream, early) = exchange.into_upgraded();
+        tokio::spawn(splice(meter, client_upgrade, upstream, early));
+        return response.map(|()| ProxyBody::empty());
     }
-    let (mut head, body) = response.into_parts();
-    remove_hop_by_hop(&mut head.headers);
-    let lease = Lease { sender, backend };
-    Response::from_parts(head, ProxyBody::upstream(body, meter, Some(lease)))
+    // The head may have arrived before the request body went out whole (an early answer);
+    // the relay keeps sending it.
+    response.map(|()| ProxyBody::relay(exchange, meter))
 }
 
 /// An idle pooled connection to `backend`, or a new one.
 async fn checkout_or_connect(
     backend: Arc<BackendState>,
     config: Arc<ProxyConfig>,
-) -> Result<SendRequest<ClientBody>, ConnectFailure> {
+) -> Result<Upstream, ConnectFailure> {
     match backend.checkout() {
-        Some(sender) => Ok(sender),
+        Some(upstream) => Ok(upstream),
         None => connect(&backend, &config).await,
     }
 }
 
-/// Opens a new HTTP/1.1 connection to `backend`; its connection task runs on its own and
-/// ends when the last handle to it is dropped.
-async fn connect(
-    backend: &BackendState,
-    config: &ProxyConfig,
-) -> Result<SendRequest<ClientBody>, ConnectFailure> {
-    let stream = match within(config.connect_timeout, TcpStream::connect(backend.addr)).await {
-        Some(Ok(stream)) => stream,
-        Some(Err(error)) => return Err(ConnectFailure::Io(error)),
-        None => return Err(ConnectFailure::TimedOut(config.connect_timeout)),
-    };
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(ConnectFailure::Handshake)?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            debug!(%error, "backend connection ended with an error");
+/// Opens a new connection to `backend`.
+async fn connect(backend: &BackendState, config: &ProxyConfig) -> Result<Upstream, ConnectFailure> {
+    match within(config.connect_timeout, TcpStream::connect(backend.addr)).await {
+        Some(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(Upstream::new(stream))
         }
-    });
-    Ok(sender)
+        Some(Err(error)) => Err(ConnectFailure::Io(error)),
+        None => Err(ConnectFailure::TimedOut(config.connect_timeout)),
+    }
 }
 
-/// What went wrong after the request was handed to the backend's connection.
-fn send_failure(
-    error: &hyper::Error,
-    progress: Option<&BodyProgress>,
-    addr: SocketAddr,
-    config: &ProxyConfig,
-) -> Refusal {
-    if let Some(progress) = progress {
-        if progress.too_large.load(Ordering::Relaxed)
-            && let Some(limit) = config.max_body_bytes
-        {
+/// What went wrong between sending the request and the response head.
+fn head_failure(error: HeadError, addr: SocketAddr, config: &ProxyConfig) -> Refusal {
+    let (code, what) = match error {
+        HeadError::Client(Stop::TooLarge) => {
+            let limit = config.max_body_bytes.unwrap_or(0);
             return Refusal::BodyTooLarge { limit };
         }
-        if progress.client_failed.load(Ordering::Relaxed) {
-            return Refusal::ClientBodyBroken;
+        HeadError::Client(_) => return Refusal::ClientBodyBroken,
+        HeadError::Invalid(what) => ("invalid-response", what),
+        HeadError::Closed => ("upstream-closed", "closed the connection before answering"),
+        HeadError::Reset(error) => {
+            debug!(backend = %addr, %error, "backend connection failed before the response head");
+            ("upstream-reset", "reset the connection")
         }
-    }
-    let (code, what) = if error.is_parse() {
-        ("invalid-response", "sent an invalid response")
-    } else if error.is_incomplete_message() || error.is_canceled() {
-        ("upstream-closed", "closed the connection before answering")
-    } else {
-        ("upstream-reset", "reset the connection")
     };
     Refusal::Broken { addr, code, what }
 }
@@ -381,21 +374,21 @@ fn answer(mut meter: RequestMeter, refusal: &Refusal) -> Response<ProxyBody> {
     response
 }
 
-/// Joins the client's and the backend's upgraded connections and copies bytes both ways;
-/// the request counts as in flight (and is recorded) until both sides are done.
-async fn splice(mut meter: RequestMeter, client: OnUpgrade, upstream: OnUpgrade) {
-    let (client, upstream) = tokio::join!(client, upstream);
-    let (client, upstream) = match (client, upstream) {
-        (Ok(client), Ok(upstream)) => (client, upstream),
-        (Err(_), _) => return meter.finish(Some(ProxyErrorSource::Downstream)),
-        (_, Err(_)) => return meter.finish(Some(ProxyErrorSource::Upstream)),
+/// Joins the client's upgraded connection and the backend's connection and copies bytes
+/// both ways; the request counts as in flight (and is recorded) until both sides are done.
+/// `early`: what the backend sent right after its 101 head.
+async fn splice(mut meter: RequestMeter, client: OnUpgrade, mut upstream: TcpStream, early: Bytes) {
+    let Ok(client) = client.await else {
+        return meter.finish(Some(ProxyErrorSource::Downstream));
     };
     let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
+    if !early.is_empty() && client.write_all(&early).await.is_err() {
+        return meter.finish(Some(ProxyErrorSource::Downstream));
+    }
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((to_backend, to_client)) => {
-            meter.bytes_in = to_backend;
-            meter.bytes_out = to_client;
+            meter.bytes_in += to_backend;
+            meter.bytes_out = to_client + early.len() as u64;
             meter.finish(None);
         }
         // Who reset is not known here; a client going away is the common case.
@@ -418,22 +411,24 @@ fn head_size(request: &Request<Incoming>) -> usize {
     request.method().as_str().len() + target + 12 + headers
 }
 
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+/// Whether a `Connection` header of `headers` names `token`.
+fn connection_has(headers: &HeaderMap, token: &[u8]) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 fn wants_upgrade(request: &Request<Incoming>) -> bool {
     request.version() == Version::HTTP_11
         && request.headers().contains_key(header::UPGRADE)
-        && connection_has(request.headers(), "upgrade")
+        && connection_has(request.headers(), b"upgrade")
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+/// Headers that describe one hop, not the message (RFC 9110, 7.6.1); those a `Connection`
+/// header names are too.
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == KEEP_ALIVE
         || name == PROXY_CONNECTION
@@ -443,87 +438,71 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == header::UPGRADE
 }
 
-/// Removes the headers that describe one hop, not the message (RFC 9110, 7.6.1), including
-/// those the `Connection` header names.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages have none: one pass of cheap name comparisons instead of a hash lookup
-    // per hop-by-hop name (this runs twice per request on the proxy's hot path).
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        headers.remove(header::CONNECTION);
-        for name in named {
-            headers.remove(name);
+/// Writes the request head as it goes to a backend over HTTP/1.1: origin-form target,
+/// hop-by-hop headers left out (an upgrade's put back), `Host` from the URI's authority when
+/// the client sent none (HTTP/2), and `X-Forwarded-For` (appended to), `-Proto` and `-Host`
+/// (replaced). Written straight into the connection's buffer: no header map is changed.
+fn write_request_head(
+    out: &mut Vec<u8>,
+    head: &hyper::http::request::Parts,
+    peer_ip: &HeaderValue,
+    upgrade: bool,
+    chunked: bool,
+) {
+    let headers = &head.headers;
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+
+    // Most requests have no Connection header: then no header needs the token check.
+    let has_connection = headers.contains_key(header::CONNECTION);
+    let mut host: Option<&[u8]> = None;
+    for (name, value) in headers {
+        if is_hop_by_hop(name)
+            || name == X_FORWARDED_FOR
+            || name == X_FORWARDED_PROTO
+            || name == X_FORWARDED_HOST
+            || (has_connection && connection_has(headers, name.as_str().as_bytes()))
+        {
+            continue;
         }
+        if name == header::HOST {
+            host = Some(value.as_bytes());
+        }
+        write_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
-        headers.remove(name);
+    if host.is_none()
+        && let Some(authority) = head.uri.authority()
+    {
+        host = Some(authority.as_str().as_bytes());
+        write_header(out, b"host", authority.as_str().as_bytes());
     }
+
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for earlier in headers.get_all(&X_FORWARDED_FOR) {
+        out.extend_from_slice(earlier.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(peer_ip.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    if let Some(host) = host {
+        write_header(out, b"x-forwarded-host", host);
+    }
+    if upgrade && let Some(protocol) = headers.get(header::UPGRADE) {
+        write_header(out, b"upgrade", protocol.as_bytes());
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
-/// Makes a client's request head fit to go to a backend over HTTP/1.1.
-fn rewrite_request_head(head: &mut hyper::http::request::Parts, conn: &Conn, upgrade: bool) {
-    let headers = &mut head.headers;
-    let protocol = upgrade
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten();
-    remove_hop_by_hop(headers);
-    if let Some(protocol) = protocol {
-        headers.insert(header::UPGRADE, protocol);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-
-    // HTTP/2 requests carry the host as the URI's authority; HTTP/1.1 wants a Host header
-    // and an origin-form target.
-    let host = match headers.get(header::HOST) {
-        Some(host) => Some(host.clone()),
-        None => head
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
-    if head.uri.authority().is_some() || head.uri.scheme().is_some() {
-        let target = head
-            .uri
-            .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
-        head.uri = target;
-    }
-    head.version = Version::HTTP_11;
-    if let Some(host) = host {
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, host.clone());
-        }
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    }
-
-    let mut earlier = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    let forwarded_for = if earlier.peek().is_none() {
-        conn.peer_ip.clone()
-    } else {
-        let mut joined = Vec::with_capacity(64);
-        for value in earlier {
-            joined.extend_from_slice(value.as_bytes());
-            joined.extend_from_slice(b", ");
-        }
-        joined.extend_from_slice(conn.peer_ip.as_bytes());
-        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| conn.peer_ip.clone())
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }

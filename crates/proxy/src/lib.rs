@@ -28,6 +28,7 @@ mod route;
 mod service;
 mod stats;
 mod tcp;
+mod upstream;
 
 pub use config::{Backend, ListenerKey, Protocol, ProxyConfig};
 pub use error::ProxyError;

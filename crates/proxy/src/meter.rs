@@ -8,20 +8,10 @@ use crate::config::Protocol;
 use crate::metrics::{MethodClass, ProxyErrorSource, RequestRecord};
 use crate::service::ListenerCtx;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::time::Instant;
 
 /// Status recorded when the client went away before the response head (nginx's 499).
 pub(crate) const CLIENT_CLOSED: u16 = 499;
-
-/// What the request body wrapper reports back to the request that owns it (it runs inside
-/// the upstream connection's task).
-#[derive(Default)]
-pub(crate) struct BodyProgress {
-    pub(crate) bytes: AtomicU64,
-    pub(crate) too_large: AtomicBool,
-    pub(crate) client_failed: AtomicBool,
-}
 
 pub(crate) struct RequestMeter {
     ctx: Arc<ListenerCtx>,
@@ -31,7 +21,6 @@ pub(crate) struct RequestMeter {
     pub(crate) status: u16,
     target: Option<Arc<BackendState>>,
     counted_in_flight: bool,
-    pub(crate) body_in: Option<Arc<BodyProgress>>,
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
     done: bool,
@@ -51,7 +40,6 @@ impl RequestMeter {
             status,
             target: None,
             counted_in_flight: false,
-            body_in: None,
             bytes_in: 0,
             bytes_out: 0,
             done: false,
@@ -95,10 +83,6 @@ impl RequestMeter {
             let failed = self.status >= 500 || error == Some(ProxyErrorSource::Upstream);
             service.record_revision(target.revision, duration, failed);
         }
-        let bytes_in = match &self.body_in {
-            Some(progress) => progress.bytes.load(Ordering::Relaxed),
-            None => self.bytes_in,
-        };
         self.ctx.sink.record(&RequestRecord {
             service: service.name.clone(),
             caller: self.ctx.caller.clone(),
@@ -107,7 +91,7 @@ impl RequestMeter {
             method: self.method,
             status: self.status,
             duration,
-            bytes_in,
+            bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             error,
             protocol: self.protocol,

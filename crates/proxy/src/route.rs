@@ -32,7 +32,6 @@ pub(crate) async fn within<F: Future>(limit: Duration, future: F) -> Option<F::O
 pub(crate) enum ConnectFailure {
     Io(io::Error),
     TimedOut(Duration),
-    Handshake(hyper::Error),
 }
 
 impl ConnectFailure {
@@ -42,7 +41,7 @@ impl ConnectFailure {
                 "connect-refused"
             }
             ConnectFailure::TimedOut(_) => "connect-timeout",
-            ConnectFailure::Io(_) | ConnectFailure::Handshake(_) => "connect-failed",
+            ConnectFailure::Io(_) => "connect-failed",
         }
     }
 }
@@ -57,7 +56,6 @@ impl fmt::Display for ConnectFailure {
             ConnectFailure::TimedOut(after) => {
                 write!(f, "did not accept the connection within {after:?}")
             }
-            ConnectFailure::Handshake(e) => write!(f, "failed the connection set-up ({e})"),
         }
     }
 }

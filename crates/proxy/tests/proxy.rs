@@ -1214,6 +1214,72 @@ mod http {
         );
     }
 
+    /// A backend that answers each connection's first request and then closes it, without
+    /// saying so (as a server with a short keep-alive timeout does), the way `mode` asks:
+    /// `length` with a content length, `until-close` with a body that ends at the close.
+    async fn one_shot_backend(
+        mode: &'static str,
+    ) -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buffer = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    let response: &[u8] = match mode {
+                        "length" => b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none",
+                        _ => b"HTTP/1.1 200 OK\r\n\r\nuntil the close",
+                    };
+                    let _ = stream.write_all(response).await;
+                });
+            }
+        });
+        (addr, connections, task)
+    }
+
+    #[tokio::test]
+    async fn a_backend_closing_idle_connections_costs_no_request() {
+        let (proxy, addr, records) = http_proxy(test_config()).await;
+        for (mode, body) in [("length", "one"), ("until-close", "until the close")] {
+            let (backend, connections, task) = one_shot_backend(mode).await;
+            proxy.set_weighted_backends(
+                "api",
+                vec![Backend {
+                    addr: backend,
+                    weight: 1,
+                    revision: 1,
+                    instance: "one-shot".into(),
+                }],
+            );
+            let mut client = Client::connect(addr).await;
+            // Each request finds the pooled connection of the one before closed (or closing
+            // while it is sent): it is sent again on a fresh one, never answered with 502.
+            for i in 0..20 {
+                let reply = client.get("/").await;
+                assert_eq!(
+                    (reply.status, reply.body.as_str()),
+                    (StatusCode::OK, body),
+                    "request {i} with {mode}"
+                );
+            }
+            assert_eq!(connections.load(Ordering::SeqCst), 20, "{mode}");
+            task.abort();
+        }
+        wait_until("every record", || records.all().len() == 40).await;
+        assert!(records.all().iter().all(|r| r.error.is_none()));
+    }
+
     #[tokio::test]
     async fn forwarding_headers_are_set() {
         let a = HttpBackend::start("A").await;
