@@ -1,0 +1,220 @@
+//! The public entry points: parse a query with `promql-parser`, evaluate it over a
+//! [`Querier`] at one instant or over a range of steps, and shape the result the way
+//! Prometheus's HTTP API reports it. Limits (samples, time, resolution) live here so every
+//! caller gets the same protection.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use promql_parser::parser::{self, Expr};
+use tandem_tsdb::model::{Labels, Querier, Sample, Series};
+
+use crate::error::{ErrorKind, EvalError};
+use crate::eval::{Evaluator, Steps, Val, duration_ms};
+use crate::value::Value;
+
+/// Prometheus refuses range queries with more points per series than this.
+const MAX_POINTS_PER_SERIES: i64 = 11_000;
+
+/// A PromQL engine: its limits and defaults. Cheap to clone and share.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    /// Samples a query may load (selected samples plus subquery points); Prometheus's
+    /// `--query.max-samples` defaults to 50 million.
+    pub max_samples: usize,
+    /// How far back an instant selector looks for a sample (Prometheus: 5m).
+    pub lookback_delta: Duration,
+    /// Wall-clock budget of one query; `None` for no limit.
+    pub timeout: Option<Duration>,
+    /// Resolution of subqueries written without one (`x[1h:]`): Prometheus uses the
+    /// global evaluation interval, 1m by default.
+    pub default_subquery_step: Duration,
+}
+
+impl Default for Engine {
+    fn default() -> Engine {
+        Engine {
+            max_samples: 50_000_000,
+            lookback_delta: Duration::from_secs(300),
+            timeout: Some(Duration::from_secs(120)),
+            default_subquery_step: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Parses a query, reporting errors as [`ErrorKind::BadData`].
+pub fn parse(query: &str) -> Result<Expr, EvalError> {
+    parser::parse(query)
+        .map_err(|e| EvalError::bad_data(parse_message(query, &e)).at(locate(query, &e)))
+}
+
+/// promql-parser reports no positions, but its messages usually quote the offending
+/// token ("unknown function with name 'foo'"): point at its first occurrence.
+fn locate(query: &str, message: &str) -> Option<(usize, usize)> {
+    let mut parts = message.split('\'');
+    parts.next()?;
+    let token = parts.next().filter(|t| !t.is_empty())?;
+    // The token must be closed by a second quote.
+    parts.next()?;
+    let start = query.find(token)?;
+    Some((start, start + token.len()))
+}
+
+/// promql-parser's messages say what but rarely where; give the generic one a hint.
+fn parse_message(query: &str, e: &str) -> String {
+    if e == "invalid promql query" {
+        format!("could not parse '{query}' as PromQL")
+    } else {
+        e.to_string()
+    }
+}
+
+impl Engine {
+    pub fn new() -> Engine {
+        Engine::default()
+    }
+
+    fn evaluator<'a>(&self, q: &'a dyn Querier, start: i64, end: i64) -> Evaluator<'a> {
+        Evaluator {
+            querier: q,
+            query_start: start,
+            query_end: end,
+            lookback: duration_ms(&self.lookback_delta).max(1),
+            default_subquery_step: duration_ms(&self.default_subquery_step).max(1),
+            max_samples: self.max_samples,
+            samples: 0,
+            deadline: self.timeout.map(|t| Instant::now() + t),
+        }
+    }
+
+    /// Evaluates `query` at `t_ms` (milliseconds since the epoch).
+    pub fn instant(&self, q: &dyn Querier, query: &str, t_ms: i64) -> Result<Value, EvalError> {
+        let expr = parse(query)?;
+        let mut ev = self.evaluator(q, t_ms, t_ms);
+        let steps = Steps {
+            start: t_ms,
+            end: t_ms,
+            step: 1,
+        };
+        let val = ev.eval(&expr, steps)?;
+        Ok(match val {
+            Val::Scalar(v) => Value::Scalar {
+                t: t_ms,
+                v: v.first().copied().unwrap_or(f64::NAN),
+            },
+            Val::String(s) => Value::String(s),
+            Val::Vector(mut v) => Value::Vector(
+                v.pop()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| (e.labels, Sample { t: t_ms, v: e.v }))
+                    .collect(),
+            ),
+            Val::Range(r) => {
+                let mut out: Vec<Series> = (0..r.series.len())
+                    .filter_map(|s| {
+                        let w = r.window(s, 0);
+                        (!w.is_empty()).then(|| Series {
+                            labels: r.series[s].labels.clone(),
+                            samples: w.to_vec(),
+                        })
+                    })
+                    .collect();
+                out.sort_by(|a, b| a.labels.cmp(&b.labels));
+                Value::Matrix(out)
+            }
+        })
+    }
+
+    /// Evaluates `query` at `start_ms, start_ms + step_ms, ... <= end_ms`; the result is
+    /// always a [`Value::Matrix`], series sorted by labels.
+    pub fn range(
+        &self,
+        q: &dyn Querier,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<Value, EvalError> {
+        if step_ms <= 0 {
+            return Err(EvalError::bad_data(
+                "zero or negative query resolution step widths are not accepted. Try a positive integer",
+            ));
+        }
+        if end_ms < start_ms {
+            return Err(EvalError::bad_data(
+                "end timestamp must not be before start time",
+            ));
+        }
+        if (end_ms - start_ms) / step_ms > MAX_POINTS_PER_SERIES {
+            return Err(EvalError::bad_data(
+                "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+            ));
+        }
+        let expr = parse(query)?;
+        match expr.value_type() {
+            parser::value::ValueType::Vector | parser::value::ValueType::Scalar => {}
+            other => {
+                return Err(EvalError::bad_data(format!(
+                    "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
+                    if other == parser::value::ValueType::Matrix {
+                        "range vector".to_string()
+                    } else {
+                        other.to_string()
+                    }
+                )));
+            }
+        }
+        let mut ev = self.evaluator(q, start_ms, end_ms);
+        let steps = Steps {
+            start: start_ms,
+            end: end_ms,
+            step: step_ms,
+        };
+        let val = ev.eval(&expr, steps)?;
+        let mut series: Vec<Series> = Vec::new();
+        match val {
+            Val::Scalar(v) => {
+                series.push(Series {
+                    labels: Labels::default(),
+                    samples: v
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| Sample { t: steps.ts(i), v })
+                        .collect(),
+                });
+            }
+            Val::Vector(vs) => {
+                let mut index: HashMap<Labels, usize> = HashMap::new();
+                for (i, v) in vs.into_iter().enumerate() {
+                    let t = steps.ts(i);
+                    for e in v {
+                        let idx = match index.get(&e.labels) {
+                            Some(&idx) => idx,
+                            None => {
+                                index.insert(e.labels.clone(), series.len());
+                                series.push(Series {
+                                    labels: e.labels,
+                                    samples: Vec::new(),
+                                });
+                                series.len() - 1
+                            }
+                        };
+                        series[idx].samples.push(Sample { t, v: e.v });
+                    }
+                }
+                series.sort_by(|a, b| a.labels.cmp(&b.labels));
+            }
+            other => {
+                return Err(EvalError::new(
+                    ErrorKind::BadData,
+                    format!(
+                        "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
+                        other.type_name()
+                    ),
+                ));
+            }
+        }
+        Ok(Value::Matrix(series))
+    }
+}
