@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use promql_parser::parser::{self, Expr};
-use tandem_tsdb::model::{Labels, Querier, Sample, Series};
+use tandem_tsdb::model::{Labels, Matcher, Querier, Sample, Series};
 
 use crate::error::{ErrorKind, EvalError};
-use crate::eval::{Evaluator, Steps, Val, duration_ms};
+use crate::eval::{Evaluator, Steps, Val, duration_ms, selector_matchers};
 use crate::value::Value;
 
 /// Prometheus refuses range queries with more points per series than this.
@@ -58,6 +58,41 @@ fn locate(query: &str, message: &str) -> Option<(usize, usize)> {
     parts.next()?;
     let start = query.find(token)?;
     Some((start, start + token.len()))
+}
+
+/// The matcher sets of every selector in `query` (one set per selector; a selector with
+/// `or` inside its braces gives one set per alternative). The series API uses this for its
+/// `match[]` parameters, and tests use it to see which series a query may read.
+pub fn selectors(query: &str) -> Result<Vec<Vec<Matcher>>, EvalError> {
+    fn walk(e: &Expr, out: &mut Vec<Vec<Matcher>>) -> Result<(), EvalError> {
+        match e {
+            Expr::VectorSelector(vs) => out.extend(selector_matchers(vs)?),
+            Expr::MatrixSelector(ms) => out.extend(selector_matchers(&ms.vs)?),
+            Expr::Aggregate(a) => {
+                walk(&a.expr, out)?;
+                if let Some(p) = &a.param {
+                    walk(p, out)?;
+                }
+            }
+            Expr::Unary(u) => walk(&u.expr, out)?,
+            Expr::Binary(b) => {
+                walk(&b.lhs, out)?;
+                walk(&b.rhs, out)?;
+            }
+            Expr::Paren(p) => walk(&p.expr, out)?,
+            Expr::Subquery(s) => walk(&s.expr, out)?,
+            Expr::Call(c) => {
+                for a in &c.args.args {
+                    walk(a, out)?;
+                }
+            }
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(&parse(query)?, &mut out)?;
+    Ok(out)
 }
 
 /// promql-parser's messages say what but rarely where; give the generic one a hint.
@@ -146,7 +181,7 @@ impl Engine {
                 "end timestamp must not be before start time",
             ));
         }
-        if (end_ms - start_ms) / step_ms > MAX_POINTS_PER_SERIES {
+        if (end_ms as i128 - start_ms as i128) / step_ms as i128 > MAX_POINTS_PER_SERIES as i128 {
             return Err(EvalError::bad_data(
                 "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
             ));

@@ -91,7 +91,9 @@ impl Steps {
         if self.end < self.start || self.step <= 0 {
             return 0;
         }
-        ((self.end - self.start) / self.step) as usize + 1
+        // i128: `end - start` may not fit an i64 when `@` points far into the past.
+        let n = (self.end as i128 - self.start as i128) / self.step as i128 + 1;
+        usize::try_from(n).unwrap_or(usize::MAX)
     }
 
     pub(crate) fn ts(&self, i: usize) -> i64 {
@@ -459,13 +461,15 @@ impl Evaluator<'_> {
         let lo = min_end.saturating_sub(range);
         let mut start = step * (lo / step);
         if start <= lo {
-            start += step;
+            start = start.saturating_add(step);
         }
         let inner = Steps {
             start,
             end: max_end,
             step,
         };
+        // Every inner step costs memory even before any sample is read: count them.
+        self.count_samples(inner.len())?;
         let val = self.eval(&sq.expr, inner)?;
         let mut series: Vec<Series> = Vec::new();
         let mut index: HashMap<Labels, usize> = HashMap::new();

@@ -835,9 +835,9 @@ fn apply_range(
     let range = r.range;
     let param = |k: usize| params.get(k).copied().unwrap_or(f64::NAN);
     Ok(match name {
-        "rate" => extrapolated_rate(w, end - range, end, range, true, true),
-        "increase" => extrapolated_rate(w, end - range, end, range, true, false),
-        "delta" => extrapolated_rate(w, end - range, end, range, false, false),
+        "rate" => extrapolated_rate(w, end.saturating_sub(range), end, range, true, true),
+        "increase" => extrapolated_rate(w, end.saturating_sub(range), end, range, true, false),
+        "delta" => extrapolated_rate(w, end.saturating_sub(range), end, range, false, false),
         "irate" => instant_value(w, true),
         "idelta" => instant_value(w, false),
         "changes" => Some(
@@ -927,8 +927,8 @@ fn extrapolated_rate(
             }
         }
     }
-    let mut duration_to_start = (first.t - range_start) as f64 / 1000.0;
-    let mut duration_to_end = (range_end - last.t) as f64 / 1000.0;
+    let mut duration_to_start = first.t.saturating_sub(range_start) as f64 / 1000.0;
+    let mut duration_to_end = range_end.saturating_sub(last.t) as f64 / 1000.0;
     let sampled_interval = (last.t - first.t) as f64 / 1000.0;
     let average_between = sampled_interval / (w.len() - 1) as f64;
     let threshold = average_between * 1.1;
@@ -986,7 +986,7 @@ fn linear_regression(w: &[Sample], intercept_t: i64) -> (f64, f64) {
             const_y = false;
         }
         n += 1.0;
-        let x = (s.t - intercept_t) as f64 / 1e3;
+        let x = s.t.saturating_sub(intercept_t) as f64 / 1e3;
         (sum_x, cx) = kahan_inc(x, sum_x, cx);
         (sum_y, cy) = kahan_inc(s.v, sum_y, cy);
         (sum_xy, cxy) = kahan_inc(x * s.v, sum_xy, cxy);

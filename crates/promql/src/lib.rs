@@ -16,6 +16,6 @@ mod functions;
 pub mod testing;
 mod value;
 
-pub use engine::{Engine, parse};
+pub use engine::{Engine, parse, selectors};
 pub use error::{ErrorKind, EvalError};
 pub use value::Value;
