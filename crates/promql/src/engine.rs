@@ -253,3 +253,156 @@ impl Engine {
         Ok(Value::Matrix(series))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemQuerier;
+    use tandem_tsdb::model::stale_nan;
+
+    fn store(points: &[(i64, f64)]) -> MemQuerier {
+        let mut q = MemQuerier::new();
+        q.add(
+            Labels::new([("__name__", "x"), ("job", "a")]),
+            points.iter().map(|&(t, v)| Sample { t, v }),
+        );
+        q
+    }
+
+    fn instant_values(q: &MemQuerier, query: &str, t: i64) -> Vec<(String, f64)> {
+        match Engine::new().instant(q, query, t).unwrap() {
+            Value::Vector(v) => v.into_iter().map(|(l, s)| (l.to_string(), s.v)).collect(),
+            Value::Scalar { v, .. } => vec![(String::new(), v)],
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn range_windows_are_left_open() {
+        let q = store(&[(0, 1.0), (30_000, 2.0), (60_000, 3.0)]);
+        // (0, 60s] holds the samples at 30s and 60s, not the one at 0.
+        assert_eq!(
+            instant_values(&q, "count_over_time(x[1m])", 60_000),
+            vec![("{job=\"a\"}".to_string(), 2.0)]
+        );
+    }
+
+    #[test]
+    fn lookback_is_left_open_and_staleness_ends_a_series() {
+        let q = store(&[(0, 1.0), (60_000, 2.0), (120_000, stale_nan())]);
+        assert_eq!(instant_values(&q, "x", 90_000).len(), 1);
+        // The stale marker at 2m hides the sample at 1m although it is within 5m.
+        assert!(instant_values(&q, "x", 150_000).is_empty());
+        // A sample exactly 5m old is out of the lookback window.
+        let q = store(&[(0, 1.0)]);
+        assert_eq!(instant_values(&q, "x", 299_999).len(), 1);
+        assert!(instant_values(&q, "x", 300_000).is_empty());
+    }
+
+    #[test]
+    fn at_end_pins_every_step_to_the_query_end() {
+        let q = store(&[(0, 1.0), (60_000, 2.0), (120_000, 3.0)]);
+        let Value::Matrix(m) = Engine::new()
+            .range(&q, "x @ end()", 0, 120_000, 60_000)
+            .unwrap()
+        else {
+            panic!("range queries return matrices");
+        };
+        let values: Vec<f64> = m[0].samples.iter().map(|s| s.v).collect();
+        assert_eq!(values, vec![3.0, 3.0, 3.0]);
+    }
+
+    #[test]
+    fn subquery_steps_are_aligned_to_absolute_time() {
+        let q = store(&[
+            (0, 1.0),
+            (10_000, 2.0),
+            (20_000, 3.0),
+            (40_000, 4.0),
+            (60_000, 5.0),
+        ]);
+        let Value::Matrix(m) = Engine::new().instant(&q, "x[1m:20s]", 70_000).unwrap() else {
+            panic!("a subquery at the top of an instant query is a range vector");
+        };
+        let ts: Vec<i64> = m[0].samples.iter().map(|s| s.t).collect();
+        assert_eq!(ts, vec![20_000, 40_000, 60_000]);
+    }
+
+    #[test]
+    fn functions_and_arithmetic_drop_the_metric_name_but_filters_keep_it() {
+        let q = store(&[(0, 1.0), (30_000, 2.0), (60_000, 3.0)]);
+        let names = |query: &str| instant_values(&q, query, 60_000)[0].0.clone();
+        assert_eq!(names("rate(x[1m])"), "{job=\"a\"}");
+        assert_eq!(names("last_over_time(x[1m])"), "x{job=\"a\"}");
+        assert_eq!(names("x > 1"), "x{job=\"a\"}");
+        assert_eq!(names("x > bool 1"), "{job=\"a\"}");
+        assert_eq!(names("x * 2"), "{job=\"a\"}");
+    }
+
+    #[test]
+    fn errors_have_prometheus_kinds() {
+        let q = store(&[(0, 1.0)]);
+        let e = Engine::new().instant(&q, "nosuchfn(x)", 0).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadData);
+        assert_eq!(e.position, Some((0, 8)));
+        let e = Engine::new()
+            .range(&q, "x[5m]", 0, 60_000, 1000)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadData);
+        let mut q2 = store(&[(0, 1.0)]);
+        q2.add(
+            Labels::new([("__name__", "y"), ("job", "a"), ("i", "1")]),
+            [Sample { t: 0, v: 1.0 }],
+        );
+        q2.add(
+            Labels::new([("__name__", "y"), ("job", "a"), ("i", "2")]),
+            [Sample { t: 0, v: 1.0 }],
+        );
+        let e = Engine::new().instant(&q2, "x + on(job) y", 0).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Execution);
+        let small = Engine {
+            max_samples: 0,
+            ..Engine::new()
+        };
+        assert_eq!(
+            small.instant(&q, "x", 0).unwrap_err().kind,
+            ErrorKind::Limit
+        );
+        let hasty = Engine {
+            timeout: Some(Duration::ZERO),
+            ..Engine::new()
+        };
+        assert_eq!(
+            hasty.instant(&q, "x", 0).unwrap_err().kind,
+            ErrorKind::Timeout
+        );
+    }
+
+    #[test]
+    fn hostile_queries_fail_cleanly() {
+        let q = store(&[(0, 1.0), (60_000, 2.0)]);
+        let engine = Engine::new();
+        for query in [
+            "",
+            "(((",
+            "x[",
+            "rate(x[1m] @ 1e300)",
+            "x @ -9e15",
+            "x offset 100000y",
+            "x[100y:1ms]",
+            "topk(1e300, x)",
+            "quantile(NaN, x)",
+            "histogram_quantile(2, x)",
+            "label_replace(x, \"a\", \"$99\", \"job\", \"(\")",
+            "count_values(\"\", x)",
+            "round(x, 0)",
+            "predict_linear(x[1m] @ 0, 1e308)",
+            "absent_over_time(nonexistent[1m:])",
+            "holt_winters(x[5m], 2, 0.5)",
+            "sum by (job) (x) / on() group_left(job) x",
+        ] {
+            let _ = engine.instant(&q, query, 60_000);
+            let _ = engine.range(&q, query, 0, 120_000, 30_000);
+        }
+    }
+}

@@ -209,7 +209,7 @@ fn storage_error(e: QueryError) -> EvalError {
 impl Evaluator<'_> {
     pub(crate) fn check_deadline(&self) -> Result<(), EvalError> {
         if let Some(d) = self.deadline
-            && Instant::now() > d
+            && Instant::now() >= d
         {
             return Err(EvalError::new(
                 ErrorKind::Timeout,
