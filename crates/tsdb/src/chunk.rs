@@ -84,25 +84,29 @@ enum Shape {
 
 const ESCAPES: [u32; 4] = [2, 4, 8, 16];
 
-fn rice_cost(u: u64, k: u32, esc: u32) -> u64 {
-    let q = u >> k;
-    if q < u64::from(esc) {
-        q + 1 + u64::from(k)
-    } else {
-        u64::from(esc) + 6 + u64::from(63 - u.leading_zeros())
-    }
-}
-
 fn best_rice(us: &[u64]) -> (u32, u32, u64) {
     let mean = us.iter().map(|&u| u as f64).sum::<f64>() / us.len().max(1) as f64;
+    // The best Rice parameter is near log2(mean); skewed data (mostly zeros, a few jumps)
+    // wants a smaller one with the escape taking the jumps.
     let k0 = if mean < 1.0 { 0 } else { mean.log2() as i64 };
     let mut best = (0, ESCAPES[0], u64::MAX);
-    for k in (k0 - 3).max(0)..=(k0 + 2).min(63) {
+    for k in (k0 - 3).max(0)..=(k0 + 1).min(63) {
         let k = k as u32;
-        for esc in ESCAPES {
-            let cost: u64 = us.iter().map(|&u| rice_cost(u, k, esc)).sum();
-            if cost < best.2 {
-                best = (k, esc, cost);
+        // One pass per k, every escape length at once (plain code: this is the encoder's
+        // hot loop, and tests run it unoptimised).
+        let mut costs = [0u64; 4];
+        for &u in us {
+            let q = u >> k;
+            let plain = q + 1 + u64::from(k);
+            let escaped = 6 + u64::from(63u32.saturating_sub(u.leading_zeros()));
+            costs[0] += if q < 2 { plain } else { 2 + escaped };
+            costs[1] += if q < 4 { plain } else { 4 + escaped };
+            costs[2] += if q < 8 { plain } else { 8 + escaped };
+            costs[3] += if q < 16 { plain } else { 16 + escaped };
+        }
+        for i in 0..4 {
+            if costs[i] < best.2 {
+                best = (k, ESCAPES[i], costs[i]);
             }
         }
     }
@@ -604,41 +608,6 @@ mod tests {
                     ..c.clone()
                 }
                 .decode();
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod size_probe {
-    use super::*;
-    use crate::synth::{self, Shape};
-
-    #[test]
-    fn probe() {
-        for jitter in [0, 5] {
-            for per in [120usize, 240, 480] {
-                for shape in Shape::ALL {
-                    let mut bytes = 0;
-                    let mut gor = 0;
-                    let mut n = 0;
-                    for var in 0..7 {
-                        let s = synth::series(shape, var, 1_700_000_000_000, 7200, 1000, jitter);
-                        for c in s.chunks(per) {
-                            let ch = Chunk::encode(c);
-                            assert_eq!(ch.decode().unwrap(), c);
-                            bytes += ch.data.len();
-                            gor += synth::gorilla_bytes(c);
-                        }
-                        n += s.len();
-                    }
-                    println!(
-                        "j{jitter} per{per} {:24} {:.3} gorilla {:.3}",
-                        shape.name(),
-                        bytes as f64 / n as f64,
-                        gor as f64 / n as f64
-                    );
-                }
             }
         }
     }

@@ -39,10 +39,6 @@ impl<'a> ByteReader<'a> {
         ByteReader { buf, pos: 0 }
     }
 
-    pub(crate) fn pos(&self) -> usize {
-        self.pos
-    }
-
     pub(crate) fn is_empty(&self) -> bool {
         self.pos >= self.buf.len()
     }

@@ -104,7 +104,7 @@ pub fn series(
     interval_ms: i64,
     jitter_ms: i64,
 ) -> Vec<Sample> {
-    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ (variant + 1) * 0x1000_0001 ^ shape as u64);
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ ((variant + 1) * 0x1000_0001) ^ shape as u64);
     let rate = 2.0 + (variant % 7) as f64 * 3.0;
     // Histogram: the share of requests at or below this bucket's bound.
     let bucket_share = [0.05, 0.2, 0.5, 0.8, 0.95, 0.99, 1.0][variant as usize % 7];
