@@ -104,55 +104,87 @@ pub fn series(
     interval_ms: i64,
     jitter_ms: i64,
 ) -> Vec<Sample> {
-    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ ((variant + 1) * 0x1000_0001) ^ shape as u64);
-    let rate = 2.0 + (variant % 7) as f64 * 3.0;
-    // Histogram: the share of requests at or below this bucket's bound.
-    let bucket_share = [0.05, 0.2, 0.5, 0.8, 0.95, 0.99, 1.0][variant as usize % 7];
-    let mut acc: i64 = match shape {
-        Shape::MemoryBytes => (20_000 + rng.below(100_000) as i64) * 4096,
-        Shape::Gauge3Digits => 200 + rng.below(300) as i64,
-        _ => rng.below(10_000) as i64,
-    };
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let jitter = if jitter_ms > 0 {
-            rng.below(2 * jitter_ms as u64 + 1) as i64 - jitter_ms
+    let mut g = Generator::new(shape, variant, start, interval_ms, jitter_ms);
+    (0..n).map(|_| g.next_sample()).collect()
+}
+
+/// One synthetic series, sample by sample (a benchmark over millions of samples should not
+/// hold them all).
+#[derive(Debug, Clone)]
+pub struct Generator {
+    shape: Shape,
+    rng: Rng,
+    rate: f64,
+    /// Histogram: the share of requests at or below this bucket's bound.
+    bucket_share: f64,
+    acc: i64,
+    t: i64,
+    interval_ms: i64,
+    jitter_ms: i64,
+}
+
+impl Generator {
+    pub fn new(shape: Shape, variant: u64, start: i64, interval_ms: i64, jitter_ms: i64) -> Self {
+        let mut rng =
+            Rng::new(0x9E37_79B9_7F4A_7C15 ^ ((variant + 1) * 0x1000_0001) ^ shape as u64);
+        let acc = match shape {
+            Shape::MemoryBytes => (20_000 + rng.below(100_000) as i64) * 4096,
+            Shape::Gauge3Digits => 200 + rng.below(300) as i64,
+            _ => rng.below(10_000) as i64,
+        };
+        Generator {
+            shape,
+            rng,
+            rate: 2.0 + (variant % 7) as f64 * 3.0,
+            bucket_share: [0.05, 0.2, 0.5, 0.8, 0.95, 0.99, 1.0][variant as usize % 7],
+            acc,
+            t: start,
+            interval_ms,
+            jitter_ms,
+        }
+    }
+
+    pub fn next_sample(&mut self) -> Sample {
+        let rng = &mut self.rng;
+        let jitter = if self.jitter_ms > 0 {
+            rng.below(2 * self.jitter_ms as u64 + 1) as i64 - self.jitter_ms
         } else {
             0
         };
-        let t = start + i as i64 * interval_ms + jitter;
-        let v = match shape {
+        let t = self.t + jitter;
+        self.t += self.interval_ms;
+        let v = match self.shape {
             Shape::Constant => 1.0,
             Shape::Counter => {
-                acc += rng.poisson(rate) as i64;
-                acc as f64
+                self.acc += rng.poisson(self.rate) as i64;
+                self.acc as f64
             }
             Shape::CpuSeconds => {
                 // 10 ms ticks; a service using about 20 % of a core.
-                acc += (20.0 + rng.normal(6.0)).max(0.0).round() as i64;
-                acc as f64 / 100.0
+                self.acc += (20.0 + rng.normal(6.0)).max(0.0).round() as i64;
+                self.acc as f64 / 100.0
             }
             Shape::Gauge3Digits => {
                 // Tenths around 20-50: mean-reverting noise.
-                acc += (rng.normal(8.0) - (acc - 350) as f64 * 0.05).round() as i64;
-                acc = acc.clamp(100, 999);
-                acc as f64 / 10.0
+                self.acc += (rng.normal(8.0) - (self.acc - 350) as f64 * 0.05).round() as i64;
+                self.acc = self.acc.clamp(100, 999);
+                self.acc as f64 / 10.0
             }
             Shape::MemoryBytes => {
                 if rng.f64() < 0.4 {
-                    acc += (rng.normal(30.0).round() as i64) * 4096;
+                    self.acc += (rng.normal(30.0).round() as i64) * 4096;
                 }
-                acc as f64
+                self.acc as f64
             }
             Shape::HistogramBucket => {
-                let requests = rng.poisson(rate);
-                acc += (0..requests).filter(|_| rng.f64() < bucket_share).count() as i64;
-                acc as f64
+                let requests = rng.poisson(self.rate);
+                let share = self.bucket_share;
+                self.acc += (0..requests).filter(|_| rng.f64() < share).count() as i64;
+                self.acc as f64
             }
         };
-        out.push(Sample { t, v });
+        Sample { t, v }
     }
-    out
 }
 
 /// Bytes plain Gorilla (Prometheus's XOR chunks: delta-of-delta timestamps in 1/14/17/20/64
