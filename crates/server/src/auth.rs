@@ -10,6 +10,35 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
+/// For the read-only Prometheus API: on a loopback listener the Host check is enough (as
+/// for a local Prometheus); on any other address the token is required too.
+pub(crate) async fn read_only(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.check_host {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if !state.allowed_hosts.iter().any(|h| h == host) {
+            return (
+                StatusCode::MISDIRECTED_REQUEST,
+                axum::Json(serde_json::json!({
+                    "status": "error",
+                    "errorType": "bad_data",
+                    "error": format!("Host '{host}' is not this server's address; use {}", state.info.listen)
+                })),
+            )
+                .into_response();
+        }
+        return next.run(request).await;
+    }
+    require_token(State(state), request, next).await
+}
+
 pub(crate) async fn require_token(
     State(state): State<Arc<AppState>>,
     request: Request,

@@ -13,6 +13,8 @@ mod auth;
 pub mod files;
 mod logs;
 mod metrics;
+mod monitor;
+mod promapi;
 mod recorder;
 
 use std::net::SocketAddr;
@@ -74,6 +76,7 @@ pub(crate) struct AppState {
     pub(crate) recovered: watch::Receiver<bool>,
     pub(crate) env: String,
     pub(crate) dir: DataDir,
+    pub(crate) monitor: Arc<monitor::Monitor>,
 }
 
 /// Runs the server until `POST /v1/down` or SIGTERM/SIGINT.
@@ -110,6 +113,13 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     if let Some(w) = &limits_warning {
         tracing::warn!("{w}");
     }
+    let monitor = Arc::new(
+        monitor::Monitor::open(
+            &dir.root().join("tsdb"),
+            std::time::Duration::from_secs(15 * 86_400),
+        )
+        .map_err(ServerError::Io)?,
+    );
     let traffic = Arc::new(metrics::TrafficMetrics::default());
     let proxy =
         tandem_proxy::Proxy::with_config(tandem_proxy::ProxyConfig::default(), traffic.clone());
@@ -163,7 +173,15 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         recovered: recovered_rx,
         env: config.env.clone(),
         dir: dir.clone(),
+        monitor: monitor.clone(),
     });
+    monitor.start_collecting(
+        &config.env,
+        dir.root(),
+        runtime.clone(),
+        traffic.clone(),
+        std::time::Duration::from_secs(1),
+    );
     recorder.emit_server(
         &config.env,
         EventKind::ServerStarted,
@@ -206,8 +224,16 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     if let Some(w) = &state.info.limits_warning {
         recorder.emit_server(&config.env, EventKind::LimitsUnavailable, w.clone());
     }
-    let unix_app = api::router(state.clone(), false);
-    let tcp_app = api::router(state.clone(), true);
+    let unix_app =
+        api::router(state.clone(), false).merge(promapi::routes().with_state(state.clone()));
+    let tcp_app = api::router(state.clone(), true).merge(
+        promapi::routes()
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::read_only,
+            ))
+            .with_state(state.clone()),
+    );
     let mut stop_unix = shutdown_rx.clone();
     let mut stop_tcp = shutdown_rx.clone();
     let unix_server = tokio::spawn(async move {

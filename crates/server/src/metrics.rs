@@ -1,32 +1,37 @@
-//! The proxy's per-request figures, as the server keeps them until the monitoring issue's
-//! time-series store takes them: counters by service, caller, revision, method, status
-//! class and error source, and a latency histogram per service and revision. Labels are
-//! bounded (services, callers and revisions of one environment; classes, not codes).
+//! The proxy's per-request figures as the server keeps them between two collection rounds:
+//! cumulative counters by service, caller, revision, method, status class and error source,
+//! and a latency histogram by service, caller and revision. Each round turns them into
+//! samples (`tandem_http_requests_total`, `..._bytes_total`,
+//! `tandem_http_request_duration_seconds_bucket/_sum/_count`). Labels are bounded: services,
+//! callers and revisions of one environment; classes, never raw codes or paths.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use tandem_proxy::{LatencyHistogram, MetricsSink, RequestRecord};
+use tandem_tsdb::{Labels, Sample};
 
 /// What one label set has counted.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Counted {
-    pub(crate) requests: u64,
-    pub(crate) bytes_in: u64,
-    pub(crate) bytes_out: u64,
+struct Counted {
+    requests: u64,
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 /// `(service, caller, revision, method, status class, error source)`.
-type Labels = (String, String, u64, &'static str, String, &'static str);
+type CounterKey = (String, String, u64, &'static str, String, &'static str);
+/// `(service, caller, revision)`.
+type HistogramKey = (String, String, u64);
 
 #[derive(Default)]
 pub(crate) struct TrafficMetrics {
-    counters: Mutex<BTreeMap<Labels, Counted>>,
-    latency: Mutex<BTreeMap<(String, u64), LatencyHistogram>>,
+    counters: Mutex<BTreeMap<CounterKey, Counted>>,
+    latency: Mutex<BTreeMap<HistogramKey, LatencyHistogram>>,
 }
 
 impl std::fmt::Debug for TrafficMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrafficMetrics").finish()
+        f.debug_struct("TrafficMetrics").finish_non_exhaustive()
     }
 }
 
@@ -37,39 +42,107 @@ impl MetricsSink for TrafficMetrics {
         } else {
             format!("{}xx", r.status / 100)
         };
-        let labels: Labels = (
+        let caller = r.caller.clone().unwrap_or_default();
+        let revision = r.revision.unwrap_or(0);
+        let key: CounterKey = (
             r.service.clone(),
-            r.caller.clone().unwrap_or_default(),
-            r.revision.unwrap_or(0),
+            caller.clone(),
+            revision,
             r.method.as_str(),
             status_class,
             r.error.map(|e| e.as_str()).unwrap_or(""),
         );
         {
             let mut counters = self.counters.lock().expect("metrics lock");
-            let c = counters.entry(labels).or_default();
+            let c = counters.entry(key).or_default();
             c.requests += 1;
             c.bytes_in += r.bytes_in;
             c.bytes_out += r.bytes_out;
         }
-        let mut latency = self.latency.lock().expect("metrics lock");
-        latency
-            .entry((r.service.clone(), r.revision.unwrap_or(0)))
+        self.latency
+            .lock()
+            .expect("metrics lock")
+            .entry((r.service.clone(), caller, revision))
             .or_default()
             .observe(r.duration);
     }
 }
 
 impl TrafficMetrics {
-    /// Requests counted for `service` so far (all labels).
-    #[allow(dead_code)]
-    pub(crate) fn requests_of(&self, service: &str) -> u64 {
-        self.counters
-            .lock()
-            .expect("metrics lock")
-            .iter()
-            .filter(|(k, _)| k.0 == service)
-            .map(|(_, c)| c.requests)
-            .sum()
+    /// Every counter and histogram as samples at `t` (cumulative since the server started).
+    pub(crate) fn samples(&self, env: &str, t: i64) -> Vec<(Labels, Sample)> {
+        let mut out = Vec::new();
+        let counters = self.counters.lock().expect("metrics lock").clone();
+        for ((service, caller, revision, method, code, error), c) in counters {
+            let revision = revision.to_string();
+            let base = [
+                ("env", env),
+                ("service", service.as_str()),
+                ("caller", caller.as_str()),
+                ("revision", revision.as_str()),
+                ("method", method),
+                ("code", code.as_str()),
+                ("error", error),
+            ];
+            for (name, v) in [
+                ("tandem_http_requests_total", c.requests),
+                ("tandem_http_request_bytes_total", c.bytes_in),
+                ("tandem_http_response_bytes_total", c.bytes_out),
+            ] {
+                let labels = Labels::new(base.iter().copied().chain([("__name__", name)]));
+                out.push((labels, Sample { t, v: v as f64 }));
+            }
+        }
+        let latency = self.latency.lock().expect("metrics lock").clone();
+        for ((service, caller, revision), h) in latency {
+            let revision = revision.to_string();
+            let base = [
+                ("env", env),
+                ("service", service.as_str()),
+                ("caller", caller.as_str()),
+                ("revision", revision.as_str()),
+            ];
+            for (le, count) in h.cumulative() {
+                let le = match le {
+                    Some(d) => format_le(d.as_secs_f64()),
+                    None => "+Inf".to_string(),
+                };
+                let labels = Labels::new(base.iter().copied().chain([
+                    ("__name__", "tandem_http_request_duration_seconds_bucket"),
+                    ("le", le.as_str()),
+                ]));
+                out.push((labels, Sample { t, v: count as f64 }));
+            }
+            let sum = Labels::new(
+                base.iter()
+                    .copied()
+                    .chain([("__name__", "tandem_http_request_duration_seconds_sum")]),
+            );
+            out.push((
+                sum,
+                Sample {
+                    t,
+                    v: h.sum().as_secs_f64(),
+                },
+            ));
+            let count = Labels::new(
+                base.iter()
+                    .copied()
+                    .chain([("__name__", "tandem_http_request_duration_seconds_count")]),
+            );
+            out.push((
+                count,
+                Sample {
+                    t,
+                    v: h.count() as f64,
+                },
+            ));
+        }
+        out
     }
+}
+
+/// A bucket bound as Prometheus's Go client writes `le`: the shortest decimal ("0.005", "1").
+fn format_le(seconds: f64) -> String {
+    format!("{seconds}")
 }

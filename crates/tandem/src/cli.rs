@@ -133,6 +133,24 @@ pub(crate) enum Command {
         #[arg(short = 'n', long, default_value_t = 10)]
         limit: usize,
     },
+    /// Evaluate a PromQL expression against the environment's metrics.
+    ///
+    /// An instant query at now (or --time); with --range, a range query over the last RANGE
+    /// every STEP.
+    Query {
+        #[command(flatten)]
+        target: FileArg,
+        /// The PromQL expression, e.g. 'sum by (service) (rate(tandem_http_requests_total[1m]))'.
+        expr: String,
+        /// Evaluate over this long up to now (e.g. 1h), instead of at one instant.
+        #[arg(long)]
+        range: Option<String>,
+        /// Resolution of a range query (default: the range / 60, at least 1s).
+        #[arg(long)]
+        step: Option<String>,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Stop every service and the environment's server.
     Down {
         #[command(flatten)]
@@ -248,6 +266,7 @@ impl Command {
             | Command::Deploy { target, .. }
             | Command::Rollback { target, .. }
             | Command::Deployments { target, .. }
+            | Command::Query { target, .. }
             | Command::Down { target }
             | Command::Plan { target, .. }
             | Command::Status { target, .. }

@@ -96,6 +96,15 @@ impl Client {
             .with_context(|| format!("unexpected answer from the server to {path}"))
     }
 
+    /// GET that returns the JSON body whatever the status (the Prometheus API puts its
+    /// errors in the body).
+    pub(crate) async fn get_json_any(&self, path: &str) -> Result<serde_json::Value> {
+        let response = self.send(Method::GET, path, None).await?;
+        let body = response.into_body().collect().await?.to_bytes();
+        serde_json::from_slice(&body)
+            .with_context(|| format!("unexpected answer from the server to {path}"))
+    }
+
     pub(crate) async fn post_json<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,

@@ -101,6 +101,13 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
             ..
         } => lifecycle::deploy(&ctx, message, force, output).await,
         Command::Rollback { to, output, .. } => lifecycle::rollback(&ctx, to, output).await,
+        Command::Query {
+            expr,
+            range,
+            step,
+            output,
+            ..
+        } => inspect::query(&ctx, &expr, range.as_deref(), step.as_deref(), output).await,
         Command::Deployments { output, limit, .. } => {
             inspect::deployments(&ctx, output, limit).await
         }

@@ -591,3 +591,137 @@ pub(crate) async fn deployments(ctx: &Ctx, format: Output, limit: usize) -> Resu
     }
     Ok(0)
 }
+
+/// Percent-encodes a query parameter value.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn series_name(metric: &serde_json::Value) -> String {
+    let Some(map) = metric.as_object() else {
+        return "{}".into();
+    };
+    let name = map.get("__name__").and_then(|v| v.as_str()).unwrap_or("");
+    let labels: Vec<String> = map
+        .iter()
+        .filter(|(k, _)| *k != "__name__")
+        .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap_or("")))
+        .collect();
+    format!("{name}{{{}}}", labels.join(", "))
+}
+
+pub(crate) async fn query(
+    ctx: &Ctx,
+    expr: &str,
+    range: Option<&str>,
+    step: Option<&str>,
+    format: Output,
+) -> Result<u8> {
+    let client = ctx.client()?;
+    let now = now_ms();
+    let path = match range {
+        None => format!(
+            "/api/v1/query?query={}&time={}",
+            encode(expr),
+            now as f64 / 1000.0
+        ),
+        Some(r) => {
+            let range_ms = since_ms(Some(r))?
+                .map(|since| now - since)
+                .unwrap_or(3_600_000);
+            let step_ms = match step {
+                Some(s) => since_ms(Some(s))?
+                    .map(|since| now - since)
+                    .unwrap_or(15_000),
+                None => (range_ms / 60).max(1000),
+            };
+            format!(
+                "/api/v1/query_range?query={}&start={}&end={}&step={}",
+                encode(expr),
+                (now - range_ms) as f64 / 1000.0,
+                now as f64 / 1000.0,
+                step_ms as f64 / 1000.0
+            )
+        }
+    };
+    let answer: serde_json::Value = client.get_json_any(&path).await?;
+    if answer["status"] != "success" {
+        bail!(
+            "{}: {}",
+            answer["errorType"].as_str().unwrap_or("error"),
+            answer["error"].as_str().unwrap_or("the query failed")
+        );
+    }
+    if format == Output::Json {
+        print_json(&answer["data"])?;
+        return Ok(0);
+    }
+    let data = &answer["data"];
+    let result = &data["result"];
+    match data["resultType"].as_str().unwrap_or("") {
+        "scalar" | "string" => println!("{}", result[1].as_str().unwrap_or("")),
+        "vector" => {
+            let rows: Vec<Vec<String>> = result
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|s| {
+                            vec![
+                                series_name(&s["metric"]),
+                                s["value"][1].as_str().unwrap_or("").to_string(),
+                            ]
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if rows.is_empty() {
+                println!("no series");
+            } else {
+                table(&["SERIES", "VALUE"], &rows);
+            }
+        }
+        "matrix" => {
+            let mut rows = Vec::new();
+            for s in result.as_array().into_iter().flatten() {
+                let values: Vec<f64> = s["values"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p[1].as_str().and_then(|v| v.parse::<f64>().ok()))
+                    .collect();
+                let fmt = |v: Option<f64>| v.map(|v| format!("{v}")).unwrap_or_else(|| "-".into());
+                let min = values
+                    .iter()
+                    .copied()
+                    .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.min(v))));
+                let max = values
+                    .iter()
+                    .copied()
+                    .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+                rows.push(vec![
+                    series_name(&s["metric"]),
+                    values.len().to_string(),
+                    fmt(values.first().copied()),
+                    fmt(values.last().copied()),
+                    fmt(min),
+                    fmt(max),
+                ]);
+            }
+            if rows.is_empty() {
+                println!("no series");
+            } else {
+                table(&["SERIES", "POINTS", "FIRST", "LAST", "MIN", "MAX"], &rows);
+            }
+        }
+        other => println!("{other}: {result}"),
+    }
+    Ok(0)
+}

@@ -1,0 +1,261 @@
+//! Monitoring inside the server: the environment's time-series store, the query engine over
+//! it, and the loop that collects every `interval` (1 s): the built-in instance and host
+//! collectors and the proxy's per-request figures, appended in one batch.
+//!
+//! Metric metadata (type, help, unit) for tandem's own series is known here; the
+//! `/api/v1/metadata` endpoint reads it.
+
+use crate::metrics::TrafficMetrics;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tandem_engine::collect::Collector;
+use tandem_supervisor::runtime::Runtime;
+use tandem_tsdb::{Db, DbOptions};
+
+/// What `# TYPE`, `# HELP`, `# UNIT` say of a metric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MetricMeta {
+    pub(crate) kind: String,
+    pub(crate) help: String,
+    pub(crate) unit: String,
+}
+
+/// The store, the engine and what is known about the metrics in it.
+pub(crate) struct Monitor {
+    pub(crate) db: Arc<Db>,
+    pub(crate) engine: tandem_promql::Engine,
+    metadata: Mutex<BTreeMap<String, MetricMeta>>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor").finish_non_exhaustive()
+    }
+}
+
+/// tandem's own series: (name, type, unit, help).
+const BUILT_IN: &[(&str, &str, &str, &str)] = &[
+    (
+        "tandem_instance_up",
+        "gauge",
+        "",
+        "1 while the instance's process runs.",
+    ),
+    (
+        "tandem_instance_healthy",
+        "gauge",
+        "",
+        "1 while the instance's last health check passed.",
+    ),
+    (
+        "tandem_instance_restarts_total",
+        "counter",
+        "",
+        "Restarts of the instance by tandem.",
+    ),
+    (
+        "tandem_instance_cpu_seconds_total",
+        "counter",
+        "seconds",
+        "CPU time used by the instance (its cgroup, else its process group).",
+    ),
+    (
+        "tandem_instance_cpu_limit_cores",
+        "gauge",
+        "",
+        "The instance's CPU limit in cores.",
+    ),
+    (
+        "tandem_instance_memory_rss_bytes",
+        "gauge",
+        "bytes",
+        "Resident memory of the instance's processes.",
+    ),
+    (
+        "tandem_instance_memory_usage_bytes",
+        "gauge",
+        "bytes",
+        "Memory the instance's cgroup charges against its limit.",
+    ),
+    (
+        "tandem_instance_memory_limit_bytes",
+        "gauge",
+        "bytes",
+        "The instance's memory limit.",
+    ),
+    (
+        "tandem_instance_open_fds",
+        "gauge",
+        "",
+        "Open file descriptors of the instance's processes.",
+    ),
+    (
+        "tandem_instance_oom_kills_total",
+        "counter",
+        "",
+        "Processes of the instance the kernel killed for memory.",
+    ),
+    (
+        "tandem_host_cpu_seconds_total",
+        "counter",
+        "seconds",
+        "CPU time of the host by mode.",
+    ),
+    (
+        "tandem_host_memory_total_bytes",
+        "gauge",
+        "bytes",
+        "Memory of the host.",
+    ),
+    (
+        "tandem_host_memory_available_bytes",
+        "gauge",
+        "bytes",
+        "Memory available for new work on the host.",
+    ),
+    (
+        "tandem_host_load1",
+        "gauge",
+        "",
+        "Load average over 1 minute.",
+    ),
+    (
+        "tandem_host_load5",
+        "gauge",
+        "",
+        "Load average over 5 minutes.",
+    ),
+    (
+        "tandem_host_load15",
+        "gauge",
+        "",
+        "Load average over 15 minutes.",
+    ),
+    (
+        "tandem_host_data_dir_size_bytes",
+        "gauge",
+        "bytes",
+        "Size of the file system holding the data directory.",
+    ),
+    (
+        "tandem_host_data_dir_free_bytes",
+        "gauge",
+        "bytes",
+        "Space available on the file system holding the data directory.",
+    ),
+    (
+        "tandem_http_requests_total",
+        "counter",
+        "",
+        "Requests through tandem's proxy by service, caller, revision, method and status class.",
+    ),
+    (
+        "tandem_http_request_bytes_total",
+        "counter",
+        "bytes",
+        "Request body bytes through tandem's proxy.",
+    ),
+    (
+        "tandem_http_response_bytes_total",
+        "counter",
+        "bytes",
+        "Response body bytes through tandem's proxy.",
+    ),
+    (
+        "tandem_http_request_duration_seconds",
+        "histogram",
+        "seconds",
+        "Time from a request's head to its response's end, through tandem's proxy.",
+    ),
+];
+
+impl Monitor {
+    /// Opens (or creates) the store in `dir`.
+    pub(crate) fn open(dir: &Path, retention: Duration) -> Result<Monitor, String> {
+        let options = DbOptions {
+            retention: Some(retention),
+            max_series_per_query: Some(500_000),
+            max_samples_per_query: Some(50_000_000),
+            ..DbOptions::default()
+        };
+        let db = Db::open(dir, options)
+            .map_err(|e| format!("cannot open the time-series store: {e}"))?;
+        for w in db.warnings() {
+            tracing::warn!("time-series store: {w}");
+        }
+        let metadata = BUILT_IN
+            .iter()
+            .map(|(name, kind, unit, help)| {
+                (
+                    name.to_string(),
+                    MetricMeta {
+                        kind: kind.to_string(),
+                        help: help.to_string(),
+                        unit: unit.to_string(),
+                    },
+                )
+            })
+            .collect();
+        Ok(Monitor {
+            db: Arc::new(db),
+            engine: tandem_promql::Engine::default(),
+            metadata: Mutex::new(metadata),
+        })
+    }
+
+    pub(crate) fn metadata(&self) -> BTreeMap<String, MetricMeta> {
+        self.metadata.lock().expect("metadata lock").clone()
+    }
+
+    /// Collects every `interval` until the process ends.
+    pub(crate) fn start_collecting(
+        self: &Arc<Self>,
+        env: &str,
+        data_dir: &Path,
+        runtime: Arc<Runtime>,
+        traffic: Arc<TrafficMetrics>,
+        interval: Duration,
+    ) {
+        let monitor = self.clone();
+        let collector = Arc::new(Collector::new(env, data_dir));
+        let env = env.to_string();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut logged_error = false;
+            loop {
+                tick.tick().await;
+                let monitor = monitor.clone();
+                let collector = collector.clone();
+                let runtime = runtime.clone();
+                let traffic = traffic.clone();
+                let env = env.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let now = tandem_api::now_ms();
+                    // Whole milliseconds of the tick: one timestamp for the whole round.
+                    let mut batch = collector.collect(&runtime, now);
+                    batch.extend(traffic.samples(&env, now));
+                    monitor.db.append_batch(&batch)
+                })
+                .await;
+                match outcome {
+                    Ok(Ok(summary)) if !summary.rejected.is_empty() && !logged_error => {
+                        tracing::warn!(
+                            "time-series store refused {} sample(s), e.g. {}",
+                            summary.rejected.len(),
+                            summary.rejected[0]
+                        );
+                        logged_error = true;
+                    }
+                    Ok(Err(e)) if !logged_error => {
+                        tracing::error!("cannot store collected samples: {e}");
+                        logged_error = true;
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+}
