@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use promql_parser::parser::token::{
-    T_AVG, T_BOTTOMK, T_COUNT, T_COUNT_VALUES, T_GROUP, T_MAX, T_MIN, T_QUANTILE, T_STDDEV,
-    T_STDVAR, T_SUM, T_TOPK,
+    T_AVG, T_BOTTOMK, T_COUNT, T_COUNT_VALUES, T_GROUP, T_LIMIT_RATIO, T_LIMITK, T_MAX, T_MIN,
+    T_QUANTILE, T_STDDEV, T_STDVAR, T_SUM, T_TOPK, TokenId,
 };
 use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 use tandem_tsdb::model::METRIC_NAME;
@@ -142,7 +142,7 @@ pub(crate) fn eval(
     }
 
     let params = match op {
-        T_TOPK | T_BOTTOMK | T_QUANTILE => match a.param.as_deref() {
+        T_TOPK | T_BOTTOMK | T_QUANTILE | T_LIMITK | T_LIMIT_RATIO => match a.param.as_deref() {
             Some(p) => Some(ev.eval_scalar(p, steps, &context)?),
             None => return Err(EvalError::bad_data(format!("{context} needs a parameter"))),
         },
@@ -156,6 +156,8 @@ pub(crate) fn eval(
         let param = params.as_ref().map(|p| p[i]).unwrap_or(0.0);
         let res = match op {
             T_TOPK | T_BOTTOMK => top_bottom(op == T_TOPK, v, param, &grouping)?,
+            T_LIMITK => limitk(v, param, &grouping)?,
+            T_LIMIT_RATIO => limit_ratio(v, param)?,
             _ => aggregate_step(op, v, param, &grouping, ts)?,
         };
         out.push(res);
@@ -175,7 +177,7 @@ struct Group {
 }
 
 fn aggregate_step(
-    op: u8,
+    op: TokenId,
     v: Vector,
     param: f64,
     grouping: &Grouping,
@@ -286,9 +288,8 @@ fn aggregate_step(
     Ok(out)
 }
 
-/// `topk`/`bottomk`: the k largest (smallest) elements of each group, keeping their
-/// labels; NaN counts as the least wanted value either way.
-fn top_bottom(top: bool, v: Vector, k: f64, grouping: &Grouping) -> Result<Vector, EvalError> {
+/// The integer `k` of `topk`, `bottomk` and `limitk`, refused as Prometheus does.
+fn k_param(k: f64) -> Result<i64, EvalError> {
     if k.is_nan() {
         return Err(EvalError::execution("Parameter value is NaN"));
     }
@@ -302,7 +303,13 @@ fn top_bottom(top: bool, v: Vector, k: f64, grouping: &Grouping) -> Result<Vecto
             "Scalar value {k} overflows int64"
         )));
     }
-    let k = (k as i64).min(v.len() as i64);
+    Ok(k as i64)
+}
+
+/// `topk`/`bottomk`: the k largest (smallest) elements of each group, keeping their
+/// labels; NaN counts as the least wanted value either way.
+fn top_bottom(top: bool, v: Vector, k: f64, grouping: &Grouping) -> Result<Vector, EvalError> {
+    let k = k_param(k)?.min(v.len() as i64);
     if k < 1 {
         return Ok(Vec::new());
     }
@@ -335,6 +342,61 @@ fn top_bottom(top: bool, v: Vector, k: f64, grouping: &Grouping) -> Result<Vecto
         out.extend(g);
     }
     Ok(out)
+}
+
+/// `limitk`: the first k elements of each group, in the input's order, unchanged.
+fn limitk(v: Vector, k: f64, grouping: &Grouping) -> Result<Vector, EvalError> {
+    let k = k_param(k)?;
+    if k < 1 {
+        return Ok(Vec::new());
+    }
+    let mut taken: HashMap<Labels, i64> = HashMap::new();
+    let mut out = Vec::new();
+    for e in v {
+        let n = taken.entry(grouping.labels(&e.labels)).or_default();
+        if *n < k {
+            *n += 1;
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+/// `limit_ratio(r, v)`: a deterministic sample of about `r` of the series, chosen by a hash
+/// of their labels, so a series is kept or dropped at every step alike; a negative `r`
+/// keeps exactly the complement of `1 + r` (Prometheus's `HashRatioSampler`). Grouping
+/// changes nothing, as every series is decided on its own.
+fn limit_ratio(v: Vector, r: f64) -> Result<Vector, EvalError> {
+    if r.is_nan() {
+        return Err(EvalError::execution("Ratio value is NaN"));
+    }
+    // Prometheus caps the ratio (with a warning) rather than failing.
+    let r = r.clamp(-1.0, 1.0);
+    Ok(v.into_iter()
+        .filter(|e| {
+            let offset = labels_hash(&e.labels) as f64 / u64::MAX as f64;
+            (r >= 0.0 && offset < r) || (r < 0.0 && offset >= 1.0 + r)
+        })
+        .collect())
+}
+
+/// A stable 64-bit hash of a label set (FNV-1a over `name\xffvalue\xff...`, then the
+/// splitmix64 finaliser so that the high bits, which the ratio reads, are well mixed).
+/// Prometheus uses xxhash, so which series a given ratio keeps differs from Prometheus;
+/// what PromQL promises (stability over time, complements) holds all the same.
+fn labels_hash(l: &Labels) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, v) in l.iter() {
+        for b in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 fn count_values(v: Vector, label: &str, grouping: &Grouping, ts: i64) -> Vector {

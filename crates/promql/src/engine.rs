@@ -109,11 +109,12 @@ impl Engine {
         Engine::default()
     }
 
-    fn evaluator<'a>(&self, q: &'a dyn Querier, start: i64, end: i64) -> Evaluator<'a> {
+    fn evaluator<'a>(&self, q: &'a dyn Querier, start: i64, end: i64, step: i64) -> Evaluator<'a> {
         Evaluator {
             querier: q,
             query_start: start,
             query_end: end,
+            query_step: step,
             lookback: duration_ms(&self.lookback_delta).max(1),
             default_subquery_step: duration_ms(&self.default_subquery_step).max(1),
             max_samples: self.max_samples,
@@ -125,7 +126,7 @@ impl Engine {
     /// Evaluates `query` at `t_ms` (milliseconds since the epoch).
     pub fn instant(&self, q: &dyn Querier, query: &str, t_ms: i64) -> Result<Value, EvalError> {
         let expr = parse(query)?;
-        let mut ev = self.evaluator(q, t_ms, t_ms);
+        let mut ev = self.evaluator(q, t_ms, t_ms, 0);
         let steps = Steps {
             start: t_ms,
             end: t_ms,
@@ -200,7 +201,7 @@ impl Engine {
                 )));
             }
         }
-        let mut ev = self.evaluator(q, start_ms, end_ms);
+        let mut ev = self.evaluator(q, start_ms, end_ms, step_ms);
         let steps = Steps {
             start: start_ms,
             end: end_ms,

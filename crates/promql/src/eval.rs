@@ -112,6 +112,8 @@ pub(crate) struct Evaluator<'a> {
     /// The query's own start and end, which `@ start()` and `@ end()` refer to.
     pub(crate) query_start: i64,
     pub(crate) query_end: i64,
+    /// The step of a range query, 0 for an instant query (what `step()` returns).
+    pub(crate) query_step: i64,
     pub(crate) lookback: i64,
     pub(crate) default_subquery_step: i64,
     pub(crate) max_samples: usize,

@@ -57,6 +57,25 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, call: &Call, steps: Steps) -> Result<
             steps.iter().map(|t| t as f64 / 1000.0).collect(),
         )),
         "pi" => Ok(Val::Scalar(vec![PI; n])),
+        // The query's own parameters, in seconds; an instant query has step and range 0.
+        // Inside a subquery they still describe the outer query, as in Prometheus.
+        "step" => Ok(Val::Scalar(vec![ev.query_step as f64 / 1000.0; n])),
+        "range" => Ok(Val::Scalar(vec![
+            (ev.query_end as f64
+                - ev.query_start as f64)
+                / 1000.0;
+            n
+        ])),
+        "start" => Ok(Val::Scalar(vec![ev.query_start as f64 / 1000.0; n])),
+        "end" => Ok(Val::Scalar(vec![ev.query_end as f64 / 1000.0; n])),
+        "min_of" | "max_of" => {
+            let a = ev.eval_scalar(arg(call, 0)?, steps, &ctx)?;
+            let b = ev.eval_scalar(arg(call, 1)?, steps, &ctx)?;
+            let f = if name == "min_of" { go_min } else { go_max };
+            Ok(Val::Scalar(
+                a.into_iter().zip(b).map(|(a, b)| f(a, b)).collect(),
+            ))
+        }
         "vector" => {
             let s = ev.eval_scalar(arg(call, 0)?, steps, &ctx)?;
             Ok(Val::Vector(
@@ -253,6 +272,7 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, call: &Call, steps: Steps) -> Result<
             let v = ev.eval_vector(arg(call, 1)?, steps, &ctx)?;
             classic_histogram(v, |i, buckets| bucket_quantile(q[i], buckets))
         }
+        "histogram_quantiles" => histogram_quantiles(ev, call, steps),
         "histogram_fraction" => {
             let lo = ev.eval_scalar(arg(call, 0)?, steps, &ctx)?;
             let hi = ev.eval_scalar(arg(call, 1)?, steps, &ctx)?;
@@ -297,6 +317,36 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, call: &Call, steps: Steps) -> Result<
         _ => Err(EvalError::bad_data(format!(
             "function '{name}' is not supported"
         ))),
+    }
+}
+
+/// Go's `math.Max`: an infinity wins over NaN, NaN over any other number, and +0 over -0.
+fn go_max(a: f64, b: f64) -> f64 {
+    if a == f64::INFINITY || b == f64::INFINITY {
+        f64::INFINITY
+    } else if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else if a == 0.0 && b == 0.0 {
+        if a.is_sign_negative() { b } else { a }
+    } else if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// Go's `math.Min`, the mirror image of [`go_max`].
+fn go_min(a: f64, b: f64) -> f64 {
+    if a == f64::NEG_INFINITY || b == f64::NEG_INFINITY {
+        f64::NEG_INFINITY
+    } else if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else if a == 0.0 && b == 0.0 {
+        if a.is_sign_negative() { a } else { b }
+    } else if a < b {
+        a
+    } else {
+        b
     }
 }
 
@@ -587,6 +637,78 @@ fn classic_histogram(
         out.push(res);
     }
     Ok(Val::Vector(out))
+}
+
+/// `histogram_quantiles(v, "label", q1, q2, ...)`: one `histogram_quantile` per quantile,
+/// told apart by `label`, whose value is the quantile as OpenMetrics writes floats.
+fn histogram_quantiles(
+    ev: &mut Evaluator<'_>,
+    call: &Call,
+    steps: Steps,
+) -> Result<Val, EvalError> {
+    let ctx = "call to function 'histogram_quantiles'";
+    let label = string_arg(ev, call, 1, steps)?;
+    if label.is_empty() || label == METRIC_NAME {
+        return Err(EvalError::bad_data(format!(
+            "invalid quantile label name '{label}' in call to function 'histogram_quantiles'"
+        )));
+    }
+    let v = ev.eval_vector(arg(call, 0)?, steps, ctx)?;
+    let mut qs = Vec::new();
+    for i in 2..call.args.args.len() {
+        qs.push(ev.eval_scalar(arg(call, i)?, steps, ctx)?);
+    }
+    let mut out = Vec::with_capacity(v.len());
+    for (i, step) in v.into_iter().enumerate() {
+        let mut res = Vec::new();
+        for q in &qs {
+            let q = q.get(i).copied().unwrap_or(f64::NAN);
+            let Val::Vector(mut one) =
+                classic_histogram(vec![step.clone()], |_, b| bucket_quantile(q, b))?
+            else {
+                continue;
+            };
+            let value = format_openmetrics_float(q);
+            res.extend(one.pop().unwrap_or_default().into_iter().map(|e| Elem {
+                labels: e.labels.with(&label, &value),
+                ..e
+            }));
+        }
+        check_unique_labels(&res)?;
+        out.push(res);
+    }
+    Ok(Val::Vector(out))
+}
+
+/// A float as the OpenMetrics text format writes it (Prometheus's
+/// `FormatOpenMetricsFloat`): Go's shortest `%g`, with `.0` added to whole numbers.
+fn format_openmetrics_float(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "+Inf" } else { "-Inf" }.into();
+    }
+    let mut s = go_format_g(f);
+    if !s.contains(['.', 'e']) {
+        s.push_str(".0");
+    }
+    s
+}
+
+/// Go's `strconv.FormatFloat(f, 'g', -1, 64)` for finite `f`: the shortest digits, in
+/// exponent form when the decimal exponent is below -4 or at least 6 (Go decides with
+/// precision 6 when asked for the shortest form).
+fn go_format_g(f: f64) -> String {
+    // `{:e}` gives the shortest round-trip digits, e.g. "1.2345e-7".
+    let e = format!("{f:e}");
+    let (mantissa, exp) = e.split_once('e').unwrap_or((&e, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..6).contains(&exp) {
+        return format!("{f}");
+    }
+    let sign = if exp < 0 { '-' } else { '+' };
+    format!("{mantissa}e{sign}{:02}", exp.abs())
 }
 
 /// Parses a float as Go's `strconv.ParseFloat` does for bucket bounds.
