@@ -978,3 +978,120 @@ fn a_rollback_with_nothing_warm_starts_the_old_revision_behind_health_gates() {
         none.stderr
     );
 }
+
+/// A request to the HTTP listener with an optional form body; returns (status, JSON).
+fn prom(port: u16, method: &str, path: &str, form: Option<&str>) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = form.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (_, payload) = text.split_once("\r\n\r\n").unwrap();
+    // The body may be chunked: take the JSON object inside.
+    let start = payload.find('{').unwrap();
+    let end = payload.rfind('}').unwrap();
+    (status, serde_json::from_str(&payload[start..=end]).unwrap())
+}
+
+#[test]
+fn grafana_reads_metrics_through_the_prometheus_api() {
+    let web = free_port();
+    let p = Project::new(&app_service("web", web, ""));
+    p.up().ok();
+    for _ in 0..5 {
+        http_get(web, "/hello").unwrap();
+    }
+    let listen = p.status().server.listen;
+    let api: u16 = listen.rsplit(':').next().unwrap().parse().unwrap();
+    // Grafana's data source health check.
+    let (status, health) = prom(api, "GET", "/api/v1/query?query=1%2B1", None);
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["data"]["resultType"], "scalar");
+    assert_eq!(health["data"]["result"][1], "2");
+    // Collected series show up within a couple of collection rounds.
+    let requests = eventually("proxy request counters in the store", || {
+        let (_, v) = prom(
+            api,
+            "POST",
+            "/api/v1/query",
+            Some("query=sum%20by%20(service)%20(tandem_http_requests_total)"),
+        );
+        let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
+        result
+            .first()
+            .and_then(|s| s["value"][1].as_str().map(str::to_string))
+            .filter(|v| v != "0")
+    });
+    assert!(requests.parse::<f64>().unwrap() >= 5.0, "{requests}");
+    let mem = eventually("a memory series over the last minute", || {
+        let now = tandem_api::now_ms() / 1000;
+        let (status, mem) = prom(
+            api,
+            "POST",
+            "/api/v1/query_range",
+            Some(&format!(
+                "query=tandem_instance_memory_rss_bytes&start={}&end={}&step=1",
+                now - 60,
+                now + 1
+            )),
+        );
+        assert_eq!(status, 200, "{mem}");
+        (!mem["data"]["result"][0].is_null()).then_some(mem)
+    });
+    assert_eq!(mem["data"]["resultType"], "matrix");
+    assert_eq!(
+        mem["data"]["result"][0]["metric"]["service"], "web",
+        "{mem}"
+    );
+    let (_, series) = prom(
+        api,
+        "GET",
+        "/api/v1/series?match%5B%5D=tandem_instance_up",
+        None,
+    );
+    assert_eq!(series["data"][0]["__name__"], "tandem_instance_up");
+    let (_, labels) = prom(api, "GET", "/api/v1/labels", None);
+    assert!(
+        labels["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == "service")
+    );
+    let (_, values) = prom(api, "GET", "/api/v1/label/service/values", None);
+    assert_eq!(values["data"], serde_json::json!(["web"]));
+    let (_, meta) = prom(
+        api,
+        "GET",
+        "/api/v1/metadata?metric=tandem_http_requests_total",
+        None,
+    );
+    assert_eq!(
+        meta["data"]["tandem_http_requests_total"][0]["type"],
+        "counter"
+    );
+    let (_, build) = prom(api, "GET", "/api/v1/status/buildinfo", None);
+    assert!(build["data"]["version"].is_string());
+    // Prometheus's error shape.
+    let (status, bad) = prom(api, "GET", "/api/v1/query?query=sum(", None);
+    assert_eq!(status, 400);
+    assert_eq!(
+        (bad["status"].as_str(), bad["errorType"].as_str()),
+        (Some("error"), Some("bad_data"))
+    );
+    // The CLI gives the same answers.
+    let out = p
+        .run(&["query", "sum by (service) (tandem_instance_up)"])
+        .ok();
+    assert!(
+        out.stdout.contains("{service=\"web\"}") && out.stdout.contains('1'),
+        "{}",
+        out.stdout
+    );
+}
