@@ -7,7 +7,7 @@
 //! the same samples from the head under one write lock, so a query never sees a sample
 //! twice or not at all.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::block::{self, Block, TMP_PREFIX};
+use crate::encoding::FxHashMap;
 use crate::error::{DbError, OpenWarning, SampleError};
 use crate::head::{Accept, Head};
 use crate::model::{Labels, Matcher, Querier, QueryError, Sample, Series};
@@ -298,9 +299,13 @@ fn spawn_syncer(wal: Arc<Mutex<Wal>>, every: Duration) -> std::io::Result<SyncTh
                     .wait_timeout(stopped, every)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
-                // An error here resurfaces at the next explicit sync (close); the data
-                // already sits in the kernel's cache.
-                let _ = lock(&wal).sync();
+                // Synced outside the WAL lock so appends do not wait for the disk. An
+                // error here is not reported: the data already sits in the kernel's
+                // cache, and `close` syncs again.
+                let handle = lock(&wal).take_sync_handle();
+                if let Some(f) = handle {
+                    let _ = f.sync_data();
+                }
             }
         })?;
     Ok(SyncThread { stop, handle })
@@ -360,8 +365,8 @@ impl Db {
         {
             let mut head = write(&self.head);
             let mut new_series: Vec<(u64, Labels)> = Vec::new();
-            let mut new_ids: HashMap<&Labels, u64> = HashMap::new();
-            let mut last_in_batch: HashMap<u64, Sample> = HashMap::new();
+            let mut new_ids: FxHashMap<&Labels, u64> = FxHashMap::default();
+            let mut last_in_batch: FxHashMap<u64, Sample> = FxHashMap::default();
             let mut accepted: Vec<(u64, Sample)> = Vec::with_capacity(batch.len());
             let mut next_id = head.next_id();
             for (labels, s) in batch {

@@ -6,9 +6,8 @@
 //! The head only checks and applies; durability is the WAL's job, and `Db` writes the WAL
 //! before it applies a batch here.
 
-use std::collections::HashMap;
-
 use crate::chunk::Chunk;
+use crate::encoding::FxHashMap;
 use crate::error::SampleError;
 use crate::model::{Labels, Matcher, Sample};
 use crate::postings::Postings;
@@ -71,8 +70,8 @@ pub(crate) enum Accept {
 
 #[derive(Debug)]
 pub(crate) struct Head {
-    series: HashMap<u64, MemSeries>,
-    by_labels: HashMap<Labels, u64>,
+    series: FxHashMap<u64, MemSeries>,
+    by_labels: FxHashMap<Labels, u64>,
     pub(crate) postings: Postings,
     next_id: u64,
     /// Samples older than this are refused (they belong to a cut block).
@@ -89,8 +88,8 @@ pub(crate) struct Head {
 impl Head {
     pub(crate) fn new(block_ms: i64) -> Head {
         Head {
-            series: HashMap::new(),
-            by_labels: HashMap::new(),
+            series: FxHashMap::default(),
+            by_labels: FxHashMap::default(),
             postings: Postings::default(),
             next_id: 1,
             min_valid_t: i64::MIN,

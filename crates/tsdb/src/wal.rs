@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use crate::encoding::{ByteReader, crc32, put_string, put_uvarint, put_varint};
 use crate::error::{DbError, OpenWarning};
@@ -42,8 +41,8 @@ pub(crate) struct Wal {
     size: u64,
     /// Newest sample time of each segment (i64::MIN when it holds none).
     segment_max_t: BTreeMap<u64, i64>,
-    pub(crate) dirty: bool,
-    pub(crate) last_sync: Instant,
+    /// Written since the last `fsync`.
+    dirty: bool,
 }
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
@@ -118,7 +117,6 @@ impl Wal {
             size: 0,
             segment_max_t,
             dirty: false,
-            last_sync: Instant::now(),
         };
         wal.segment_max_t.insert(next, i64::MIN);
         wal.declare_live(live, &path)?;
@@ -232,8 +230,18 @@ impl Wal {
             self.file.sync_data()?;
             self.dirty = false;
         }
-        self.last_sync = Instant::now();
         Ok(())
+    }
+
+    /// For the background sync: a handle on the current segment if it has unsynced
+    /// writes, to `fsync` without holding the WAL lock (appends go on meanwhile).
+    pub(crate) fn take_sync_handle(&mut self) -> Option<File> {
+        if !self.dirty {
+            return None;
+        }
+        let f = self.file.try_clone().ok()?;
+        self.dirty = false;
+        Some(f)
     }
 
     pub(crate) fn current_path(&self) -> PathBuf {
