@@ -41,6 +41,9 @@ pub(crate) struct BlockMeta {
     pub(crate) series: u64,
     pub(crate) samples: u64,
     pub(crate) chunks: u64,
+    /// End (exclusive) of the window the block was cut for: after a restart, samples
+    /// before it stay refused, as they were before.
+    pub(crate) window_end: i64,
 }
 
 #[derive(Debug)]
@@ -71,7 +74,11 @@ fn corrupt(path: &Path, detail: impl Into<String>) -> DbError {
 
 /// Writes a block of `series` (sorted by labels, chunks in time order) under `parent`;
 /// returns it opened.
-pub(crate) fn write(parent: &Path, series: &[(Labels, Vec<Chunk>)]) -> Result<Block, DbError> {
+pub(crate) fn write(
+    parent: &Path,
+    window_end: i64,
+    series: &[(Labels, Vec<Chunk>)],
+) -> Result<Block, DbError> {
     let mut chunks_buf = CHUNKS_MAGIC.to_vec();
     let mut entries = Vec::with_capacity(series.len());
     let (mut min_t, mut max_t, mut samples, mut nchunks) = (i64::MAX, i64::MIN, 0u64, 0u64);
@@ -162,6 +169,7 @@ pub(crate) fn write(parent: &Path, series: &[(Labels, Vec<Chunk>)]) -> Result<Bl
         series: entries.len() as u64,
         samples,
         chunks: nchunks,
+        window_end,
     };
     let name = format!("block-{:016x}", (min_t as u64) ^ (1 << 63));
     let tmp = parent.join(format!("{TMP_PREFIX}{name}"));

@@ -193,8 +193,8 @@ impl Db {
         blocks.sort_by_key(|b| b.meta.min_t);
 
         let mut head = Head::new(block_ms);
-        if let Some(last) = blocks.iter().map(|b| b.meta.max_t).max() {
-            head.min_valid_t = last.saturating_add(1);
+        if let Some(end) = blocks.iter().map(|b| b.meta.window_end).max() {
+            head.min_valid_t = end;
         }
         let wal_dir = dir.join("wal");
         let (records, segments) = Wal::replay(&wal_dir, &mut warnings)?;
@@ -471,7 +471,7 @@ impl Db {
             let new_block = if content.is_empty() {
                 None
             } else {
-                Some(Arc::new(block::write(&blocks_dir, &content)?))
+                Some(Arc::new(block::write(&blocks_dir, end, &content)?))
             };
             let mut head = write(&self.head);
             if let Some(b) = new_block {

@@ -189,6 +189,11 @@ fn out_of_order_duplicate_and_too_old_samples_are_refused_clearly() {
     assert!(all(&db, &[name("late")]).is_empty());
     let got = all(&db, &[name("reqs")]);
     assert_eq!(got[0].samples.len(), 2 + 36);
+    // Still refused after a restart: the block remembers the window it was cut for.
+    drop(db);
+    let db = Db::open(dir.path(), small_blocks(Duration::from_secs(10))).unwrap();
+    let err = db.append(&fresh, 9_999, 1.0).unwrap_err();
+    assert!(matches!(err, DbError::Sample(SampleError::TooOld { .. })), "{err}");
 }
 
 #[test]
