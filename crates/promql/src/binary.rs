@@ -160,10 +160,18 @@ struct Matching {
     on: bool,
     names: Vec<String>,
     card: VectorMatchCardinality,
+    /// `fill_left(v)` / `fill_right(v)` (`fill(v)` sets both).
+    fill_lhs: Option<f64>,
+    fill_rhs: Option<f64>,
 }
 
 impl Matching {
     fn new(b: &BinaryExpr) -> Matching {
+        let (fill_lhs, fill_rhs) = b
+            .modifier
+            .as_ref()
+            .map(|m| (m.fill_values.lhs, m.fill_values.rhs))
+            .unwrap_or_default();
         let (on, names, card) = match &b.modifier {
             None => (false, Vec::new(), VectorMatchCardinality::OneToOne),
             Some(m) => {
@@ -175,7 +183,13 @@ impl Matching {
                 (on, names, m.card.clone())
             }
         };
-        Matching { on, names, card }
+        Matching {
+            on,
+            names,
+            card,
+            fill_lhs,
+            fill_rhs,
+        }
     }
 
     /// The labels two elements must share to match.
@@ -236,7 +250,10 @@ fn set_unless(lhs: Vector, rhs: &Vector, m: &Matching) -> Vector {
         .collect()
 }
 
-/// Arithmetic and comparison between two vectors, one-to-one or many-to-one.
+/// Arithmetic and comparison between two vectors, one-to-one or many-to-one, with the
+/// experimental `fill`, `fill_left` and `fill_right` modifiers: an element without a match
+/// is paired with a stand-in for the missing side that carries the fill value and the
+/// match group's labels.
 fn vector_binop(
     op: TokenId,
     lhs: Vector,
@@ -244,13 +261,16 @@ fn vector_binop(
     m: &Matching,
     return_bool: bool,
 ) -> Result<Vector, EvalError> {
-    if lhs.is_empty() || rhs.is_empty() {
+    let no_fill = m.fill_lhs.is_none() && m.fill_rhs.is_none();
+    if (lhs.is_empty() && rhs.is_empty()) || ((lhs.is_empty() || rhs.is_empty()) && no_fill) {
         return Ok(Vec::new());
     }
-    // Make the right side the "one" side; remember to swap values back.
+    // Make the right side the "one" side; remember to swap values back. As in Prometheus,
+    // the fill values are not swapped with the sides: under `group_right`, `fill_left`
+    // stands in for a missing element of the (right-hand) "many" side.
     let swapped = matches!(m.card, VectorMatchCardinality::OneToMany(_));
     let (many, one) = if swapped { (rhs, lhs) } else { (lhs, rhs) };
-
+    let (fill_one, fill_many) = (m.fill_rhs, m.fill_lhs);
     let mut one_by_sig: HashMap<Labels, usize> = HashMap::with_capacity(one.len());
     for (j, e) in one.iter().enumerate() {
         let sig = m.signature(&e.labels);
@@ -266,44 +286,94 @@ fn vector_binop(
         }
         one_by_sig.insert(sig, j);
     }
-
-    let one_to_one = matches!(m.card, VectorMatchCardinality::OneToOne);
-    let mut matched: HashSet<Labels> = HashSet::new();
-    let mut inserted: HashMap<Labels, HashSet<Labels>> = HashMap::new();
-    let mut out = Vec::new();
-    for ls in many {
+    let mut pairs = Pairs {
+        op,
+        m,
+        return_bool,
+        swapped,
+        one_to_one: matches!(m.card, VectorMatchCardinality::OneToOne),
+        matched: HashSet::new(),
+        inserted: HashMap::new(),
+        out: Vec::new(),
+    };
+    for ls in &many {
         let sig = m.signature(&ls.labels);
-        let Some(&j) = one_by_sig.get(&sig) else {
-            continue;
+        match one_by_sig.get(&sig) {
+            Some(&j) => pairs.emit(ls, &one[j], sig)?,
+            None => {
+                let Some(fill) = fill_one else { continue };
+                let stand_in = Elem {
+                    labels: sig.clone(),
+                    v: fill,
+                    t: ls.t,
+                };
+                pairs.emit(ls, &stand_in, sig)?;
+            }
+        }
+    }
+    if let Some(fill) = fill_many {
+        for rs in &one {
+            let sig = m.signature(&rs.labels);
+            if pairs.matched.contains(&sig) || pairs.inserted.contains_key(&sig) {
+                continue;
+            }
+            let stand_in = Elem {
+                labels: sig.clone(),
+                v: fill,
+                t: rs.t,
+            };
+            pairs.emit(&stand_in, rs, sig)?;
+        }
+    }
+    Ok(pairs.out)
+}
+
+/// The result of one vector-vector operation as it is built, pair by pair.
+struct Pairs<'m> {
+    op: TokenId,
+    m: &'m Matching,
+    return_bool: bool,
+    swapped: bool,
+    one_to_one: bool,
+    /// Match groups already paired (one-to-one).
+    matched: HashSet<Labels>,
+    /// Result labels per match group (many-to-one).
+    inserted: HashMap<Labels, HashSet<Labels>>,
+    out: Vector,
+}
+
+impl Pairs<'_> {
+    fn emit(&mut self, ls: &Elem, rs: &Elem, sig: Labels) -> Result<(), EvalError> {
+        let (a, b) = if self.swapped {
+            (rs.v, ls.v)
+        } else {
+            (ls.v, rs.v)
         };
-        let rs = &one[j];
-        let (a, b) = if swapped { (rs.v, ls.v) } else { (ls.v, rs.v) };
-        let (mut value, keep) = elem_binop(op, a, b)?;
-        if return_bool {
+        let (mut value, keep) = elem_binop(self.op, a, b)?;
+        if self.return_bool {
             value = if keep { 1.0 } else { 0.0 };
         }
-        let metric = result_metric(&ls.labels, &rs.labels, op, m, return_bool);
-        if one_to_one {
-            if !matched.insert(sig) {
+        let metric = result_metric(&ls.labels, &rs.labels, self.op, self.m, self.return_bool);
+        if self.one_to_one {
+            if !self.matched.insert(sig) {
                 return Err(EvalError::execution(
                     "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)",
                 ));
             }
-        } else if !inserted.entry(sig).or_default().insert(metric.clone()) {
+        } else if !self.inserted.entry(sig).or_default().insert(metric.clone()) {
             return Err(EvalError::execution(
                 "multiple matches for labels: grouping labels must ensure unique matches",
             ));
         }
-        if !keep && !return_bool {
-            continue;
+        if keep || self.return_bool {
+            self.out.push(Elem {
+                labels: metric,
+                v: value,
+                t: ls.t,
+            });
         }
-        out.push(Elem {
-            labels: metric,
-            v: value,
-            t: ls.t,
-        });
+        Ok(())
     }
-    Ok(out)
 }
 
 /// The labels of a result element: the "many" side's, without the metric name when the

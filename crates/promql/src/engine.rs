@@ -380,6 +380,75 @@ mod tests {
     }
 
     #[test]
+    fn query_parameter_functions_describe_the_query() {
+        let q = store(&[(0, 1.0)]);
+        assert_eq!(
+            instant_values(&q, "step()", 60_000),
+            vec![(String::new(), 0.0)]
+        );
+        assert_eq!(
+            instant_values(&q, "end()", 60_000),
+            vec![(String::new(), 60.0)]
+        );
+        let Value::Matrix(m) = Engine::new()
+            .range(&q, "step() + range() + start()", 10_000, 70_000, 30_000)
+            .unwrap()
+        else {
+            panic!("range queries return matrices");
+        };
+        let values: Vec<f64> = m[0].samples.iter().map(|s| s.v).collect();
+        assert_eq!(values, vec![100.0, 100.0, 100.0]);
+    }
+
+    #[test]
+    fn fill_modifiers_stand_in_for_missing_elements() {
+        let mut q = MemQuerier::new();
+        q.add(
+            Labels::new([("__name__", "l"), ("k", "a")]),
+            [Sample { t: 0, v: 1.0 }],
+        );
+        q.add(
+            Labels::new([("__name__", "r"), ("k", "b")]),
+            [Sample { t: 0, v: 10.0 }],
+        );
+        let mut got = instant_values(&q, "l + fill(100) r", 0);
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got,
+            vec![
+                ("{k=\"a\"}".to_string(), 101.0),
+                ("{k=\"b\"}".to_string(), 110.0)
+            ]
+        );
+        assert_eq!(
+            instant_values(&q, "l + fill_right(0) r", 0),
+            vec![("{k=\"a\"}".to_string(), 1.0)]
+        );
+        assert!(instant_values(&q, "l + r", 0).is_empty());
+    }
+
+    #[test]
+    fn limit_ratio_keeps_a_series_or_its_complement() {
+        let mut q = MemQuerier::new();
+        for i in 0..50 {
+            q.add(
+                Labels::new([("__name__", "x"), ("i", &i.to_string())]),
+                [Sample { t: 0, v: 1.0 }],
+            );
+        }
+        let count = |query: &str| instant_values(&q, query, 0).len();
+        let some = count("limit_ratio(0.3, x)");
+        assert!(some > 0 && some < 50, "{some}");
+        assert_eq!(count("limit_ratio(0.3, x) or limit_ratio(-0.7, x)"), 50);
+        assert_eq!(count("limit_ratio(0.3, x) and limit_ratio(-0.7, x)"), 0);
+        assert_eq!(count("limitk(7, x)"), 7);
+        let e = Engine::new()
+            .instant(&q, "limit_ratio(NaN, x)", 0)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Execution);
+    }
+
+    #[test]
     fn hostile_queries_fail_cleanly() {
         let q = store(&[(0, 1.0), (60_000, 2.0)]);
         let engine = Engine::new();
@@ -400,6 +469,12 @@ mod tests {
             "predict_linear(x[1m] @ 0, 1e308)",
             "absent_over_time(nonexistent[1m:])",
             "holt_winters(x[5m], 2, 0.5)",
+            "limitk(1e300, x)",
+            "limit_ratio(-1e300, x)",
+            "histogram_quantiles(x, \"\", 0.5)",
+            "histogram_quantiles(x, \"q\", 0.1, 0.1)",
+            "x + on() group_left fill(1) x",
+            "min_of(step(), max_of(NaN, range()))",
             "sum by (job) (x) / on() group_left(job) x",
         ] {
             let _ = engine.instant(&q, query, 60_000);

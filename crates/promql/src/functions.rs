@@ -1211,6 +1211,29 @@ fn double_exponential_smoothing(w: &[Sample], sf: f64, tf: f64) -> Result<Option
 mod tests {
     use super::*;
 
+    #[test]
+    fn min_of_and_max_of_follow_go_math() {
+        assert!(go_max(f64::NAN, 3.0).is_nan());
+        assert_eq!(go_max(f64::NAN, f64::INFINITY), f64::INFINITY);
+        assert_eq!(go_min(f64::NAN, f64::NEG_INFINITY), f64::NEG_INFINITY);
+        assert!(go_max(-0.0, 0.0).is_sign_positive());
+        assert!(go_min(0.0, -0.0).is_sign_negative());
+        assert_eq!(go_min(-2.0, -5.0), -5.0);
+    }
+
+    #[test]
+    fn quantile_labels_are_written_like_openmetrics_floats() {
+        assert_eq!(format_openmetrics_float(0.0), "0.0");
+        assert_eq!(format_openmetrics_float(1.0), "1.0");
+        assert_eq!(format_openmetrics_float(0.25), "0.25");
+        assert_eq!(format_openmetrics_float(-0.1), "-0.1");
+        assert_eq!(format_openmetrics_float(1e6), "1e+06");
+        assert_eq!(format_openmetrics_float(123456.0), "123456.0");
+        assert_eq!(format_openmetrics_float(1e-5), "1e-05");
+        assert_eq!(format_openmetrics_float(f64::NAN), "NaN");
+        assert_eq!(format_openmetrics_float(f64::INFINITY), "+Inf");
+    }
+
     fn samples(points: &[(i64, f64)]) -> Vec<Sample> {
         points.iter().map(|&(t, v)| Sample { t, v }).collect()
     }
