@@ -263,6 +263,7 @@ impl EmptySystem for System {
             service: BTreeMap::new(),
             alert: Vec::new(),
             rule_files: Vec::new(),
+            monitoring: Default::default(),
         }
     }
 }

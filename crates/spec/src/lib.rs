@@ -15,6 +15,7 @@ mod diff;
 mod graph;
 mod interpolate;
 pub mod model;
+mod monitoring;
 mod node;
 mod render;
 mod resolve;

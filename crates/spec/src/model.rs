@@ -31,6 +31,49 @@ pub struct System {
     /// Prometheus rule files, as written (relative to the system file's folder).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rule_files: Vec<String>,
+    /// How metrics are collected, kept and forwarded.
+    #[serde(default)]
+    pub monitoring: Monitoring,
+}
+
+/// `[monitoring]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Monitoring {
+    /// How often instances, the host and the proxy are measured. Default 1s.
+    pub interval: Dur,
+    /// How often each service's `metrics` path is scraped. Default 15s.
+    pub scrape_interval: Dur,
+    /// How long samples are kept. Default 15d.
+    pub retention: Dur,
+    /// Delete the oldest samples while the store is larger than this. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<ByteSize>,
+    /// Prometheus remote-write endpoints every stored sample is also sent to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_write: Vec<RemoteWrite>,
+}
+
+impl Default for Monitoring {
+    fn default() -> Self {
+        Monitoring {
+            interval: Dur::from_secs(1),
+            scrape_interval: Dur::from_secs(15),
+            retention: Dur::from_secs(15 * 86_400),
+            max_bytes: None,
+            remote_write: Vec::new(),
+        }
+    }
+}
+
+/// One `remote_write` target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWrite {
+    /// e.g. `http://127.0.0.1:9090/api/v1/write`.
+    pub url: String,
+    /// Time one send may take before it is retried. Default 30s.
+    pub timeout: Dur,
 }
 
 /// `[server]`: the environment's server.

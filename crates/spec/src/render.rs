@@ -16,6 +16,7 @@ struct FileForm<'a> {
     service: &'a BTreeMap<String, Service>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     alert: &'a [AlertRule],
+    monitoring: &'a crate::model::Monitoring,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     env: BTreeMap<&'a str, BTreeMap<String, String>>,
 }
@@ -41,6 +42,7 @@ pub fn render_toml(system: &System) -> String {
         server: &system.server,
         service: &system.service,
         alert: &system.alert,
+        monitoring: &system.monitoring,
         env,
     };
     let body = match toml::to_string(&form) {

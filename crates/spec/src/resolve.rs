@@ -19,10 +19,10 @@ use crate::service::{HEALTH_KINDS, ServiceSpans, normalize, read_service};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-const TOP_KEYS: &[&str] = &["system", "server", "service", "alert", "env"];
+const TOP_KEYS: &[&str] = &["system", "server", "service", "alert", "monitoring", "env"];
 const SYSTEM_KEYS: &[&str] = &["name", "rule_files"];
 const SERVER_KEYS: &[&str] = &["listen", "url"];
-const ENV_KEYS: &[&str] = &["server", "system", "service", "alert"];
+const ENV_KEYS: &[&str] = &["server", "system", "service", "alert", "monitoring"];
 const ENV_SYSTEM_KEYS: &[&str] = &["rule_files"];
 
 /// The environments a file declares: `dev` first, then every `[env.NAME]` in name order.
@@ -256,6 +256,9 @@ fn check_shape(report: &mut Report<'_>, root: &Table, base_dir: &Path) {
     if let Some(server) = root.get("server") {
         read_server(report, server, "[server]");
     }
+    if let Some(monitoring) = root.get("monitoring") {
+        crate::monitoring::read_monitoring(report, monitoring, "[monitoring]", &mut Default::default());
+    }
     let base_services = read_services(report, root.get("service"), base_dir);
     check_variable_names(report, root.get("service"));
     if let Some(alerts) = root.get("alert") {
@@ -330,6 +333,14 @@ fn check_shape(report: &mut Report<'_>, root: &Table, base_dir: &Path) {
         }
         if let Some(alerts) = overlay.get("alert") {
             read_alerts(report, alerts, &format!("[[env.{}.alert]]", env.key));
+        }
+        if let Some(monitoring) = overlay.get("monitoring") {
+            crate::monitoring::read_monitoring(
+                report,
+                monitoring,
+                &format!("[env.{}.monitoring]", env.key),
+                &mut Default::default(),
+            );
         }
     }
 }
@@ -565,6 +576,14 @@ fn build(
         }
     }
 
+    let mut monitoring = crate::model::Monitoring::default();
+    if let Some(base) = root.get("monitoring") {
+        crate::monitoring::read_monitoring(&mut report, base, "[monitoring]", &mut monitoring);
+    }
+    if let Some(over) = overlay.and_then(|overlay| overlay.get("monitoring")) {
+        crate::monitoring::read_monitoring(&mut report, over, "[env.monitoring]", &mut monitoring);
+    }
+
     let mut services = BTreeMap::new();
     let mut service_spans = BTreeMap::new();
     let overlay_services = overlay.and_then(|overlay| overlay.table("service"));
@@ -608,6 +627,7 @@ fn build(
         service: services,
         alert: alerts.into_iter().map(|(rule, _)| rule).collect(),
         rule_files: rule_files.into_iter().map(|(pattern, _)| pattern).collect(),
+        monitoring,
     };
     (system, report.diagnostics)
 }

@@ -39,6 +39,7 @@ fn system(replicas: u32) -> System {
         service: BTreeMap::from([("api".into(), api)]),
         alert: vec![],
         rule_files: vec![],
+        monitoring: Default::default(),
     }
 }
 
