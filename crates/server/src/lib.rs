@@ -16,6 +16,7 @@ mod metrics;
 mod monitor;
 mod promapi;
 mod recorder;
+mod remote_write;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -113,12 +114,14 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     if let Some(w) = &limits_warning {
         tracing::warn!("{w}");
     }
+    // Monitoring settings come from the live revision (defaults before the first deploy);
+    // retention and size limits are read at start.
+    let settings = store
+        .live(&config.env)?
+        .map(|r| r.system.monitoring)
+        .unwrap_or_default();
     let monitor = Arc::new(
-        monitor::Monitor::open(
-            &dir.root().join("tsdb"),
-            std::time::Duration::from_secs(15 * 86_400),
-        )
-        .map_err(ServerError::Io)?,
+        monitor::Monitor::open(&dir.root().join("tsdb"), &settings).map_err(ServerError::Io)?,
     );
     let traffic = Arc::new(metrics::TrafficMetrics::default());
     let proxy =
@@ -175,12 +178,17 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         dir: dir.clone(),
         monitor: monitor.clone(),
     });
+    let remote = Arc::new(remote_write::RemoteWriter::start(
+        settings.remote_write.clone(),
+        recorder.clone(),
+    ));
     monitor.start_collecting(
         &config.env,
         dir.root(),
         runtime.clone(),
         traffic.clone(),
-        std::time::Duration::from_secs(1),
+        settings.interval.0,
+        remote,
     );
     recorder.emit_server(
         &config.env,

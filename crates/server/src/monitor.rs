@@ -6,6 +6,7 @@
 //! `/api/v1/metadata` endpoint reads it.
 
 use crate::metrics::TrafficMetrics;
+use crate::remote_write::RemoteWriter;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -173,9 +174,10 @@ const BUILT_IN: &[(&str, &str, &str, &str)] = &[
 
 impl Monitor {
     /// Opens (or creates) the store in `dir`.
-    pub(crate) fn open(dir: &Path, retention: Duration) -> Result<Monitor, String> {
+    pub(crate) fn open(dir: &Path, settings: &tandem_spec::Monitoring) -> Result<Monitor, String> {
         let options = DbOptions {
-            retention: Some(retention),
+            retention: Some(settings.retention.0),
+            max_bytes: settings.max_bytes.map(|b| b.0),
             max_series_per_query: Some(500_000),
             max_samples_per_query: Some(50_000_000),
             ..DbOptions::default()
@@ -217,6 +219,7 @@ impl Monitor {
         runtime: Arc<Runtime>,
         traffic: Arc<TrafficMetrics>,
         interval: Duration,
+        remote: Arc<RemoteWriter>,
     ) {
         let monitor = self.clone();
         let collector = Arc::new(Collector::new(env, data_dir));
@@ -232,12 +235,15 @@ impl Monitor {
                 let runtime = runtime.clone();
                 let traffic = traffic.clone();
                 let env = env.clone();
+                let remote = remote.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
                     let now = tandem_api::now_ms();
-                    // Whole milliseconds of the tick: one timestamp for the whole round.
+                    // One timestamp for the whole round.
                     let mut batch = collector.collect(&runtime, now);
                     batch.extend(traffic.samples(&env, now));
-                    monitor.db.append_batch(&batch)
+                    let stored = monitor.db.append_batch(&batch);
+                    remote.push(&batch);
+                    stored
                 })
                 .await;
                 match outcome {
