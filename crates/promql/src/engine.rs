@@ -44,8 +44,95 @@ impl Default for Engine {
 
 /// Parses a query, reporting errors as [`ErrorKind::BadData`].
 pub fn parse(query: &str) -> Result<Expr, EvalError> {
-    parser::parse(query)
+    let text = decode_byte_escapes(query)?;
+    parser::parse(&text)
         .map_err(|e| EvalError::bad_data(parse_message(query, &e)).at(locate(query, &e)))
+}
+
+/// In PromQL (Go) strings, `\xHH` and `\ooo` are bytes, so `"\xc3\xa9"` is `"é"`;
+/// promql-parser reads each as a code point (`"Ã©"`). Runs of such escapes above ASCII
+/// are decoded here as Go does and written as the characters they spell. A run that is not
+/// UTF-8 (`"\xff"`) is refused: label names and values are UTF-8, so no series could match
+/// it and no label could carry it (Prometheus refuses it as a label name too).
+fn decode_byte_escapes(query: &str) -> Result<std::borrow::Cow<'_, str>, EvalError> {
+    if !query.contains('\\') {
+        return Ok(std::borrow::Cow::Borrowed(query));
+    }
+    let b = query.as_bytes();
+    // One escape at `i` (just after the backslash is at `i - 1`) naming a byte >= 0x80:
+    // the byte and the escape's length after the backslash.
+    let byte_escape = |i: usize| -> Option<(u8, usize)> {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b.get(i)? {
+            b'x' => {
+                let v = hex(*b.get(i + 1)?)? * 16 + hex(*b.get(i + 2)?)?;
+                (v >= 0x80).then_some((v as u8, 3))
+            }
+            c @ b'0'..=b'7' => {
+                let oct = |c: u8| (b'0'..=b'7').contains(&c).then_some(u32::from(c - b'0'));
+                let v = oct(*c)? * 64 + oct(*b.get(i + 1)?)? * 8 + oct(*b.get(i + 2)?)?;
+                (0x80..=0xff).contains(&v).then_some((v as u8, 3))
+            }
+            _ => None,
+        }
+    };
+    let mut out = String::with_capacity(query.len());
+    let mut copied = 0;
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match quote {
+            None => {
+                if matches!(c, b'"' | b'\'' | b'`') {
+                    quote = Some(c);
+                } else if c == b'#' {
+                    // A comment runs to the end of the line.
+                    while i < b.len() && b[i] != b'\n' {
+                        i += 1;
+                    }
+                    continue;
+                }
+                i += 1;
+            }
+            Some(q) if c == q => {
+                quote = None;
+                i += 1;
+            }
+            Some(q) if c == b'\\' && q != b'`' => {
+                let start = i;
+                let mut bytes = Vec::new();
+                while b.get(i) == Some(&b'\\') {
+                    let Some((v, len)) = byte_escape(i + 1) else {
+                        break;
+                    };
+                    bytes.push(v);
+                    i += 1 + len;
+                }
+                if bytes.is_empty() {
+                    // Any other escape: skip it whole, so `\"` does not end the string.
+                    i += 2;
+                    continue;
+                }
+                let decoded = String::from_utf8(bytes).map_err(|_| {
+                    EvalError::bad_data(format!(
+                        "invalid UTF-8 in string literal: '{}'",
+                        &query[start..i]
+                    ))
+                    .at(Some((start, i)))
+                })?;
+                out.push_str(&query[copied..start]);
+                out.push_str(&decoded);
+                copied = i;
+            }
+            Some(_) => i += 1,
+        }
+    }
+    if copied == 0 {
+        return Ok(std::borrow::Cow::Borrowed(query));
+    }
+    out.push_str(&query[copied..]);
+    Ok(std::borrow::Cow::Owned(out))
 }
 
 /// promql-parser reports no positions, but its messages usually quote the offending
@@ -380,6 +467,26 @@ mod tests {
     }
 
     #[test]
+    fn byte_escapes_in_strings_are_bytes_as_in_go() {
+        let q = store(&[(0, 1.0)]);
+        let dst = |repl: &str| -> String {
+            let query = format!("label_replace(x, \"dst\", {repl}, \"\", \"\")");
+            match Engine::new().instant(&q, &query, 0).unwrap() {
+                Value::Vector(v) => v[0].0.get("dst").unwrap_or("").to_string(),
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(dst(r#""\xc3\xa9\303\251""#), "éé");
+        // ASCII escapes and escaped quotes are promql-parser's business, as before.
+        assert_eq!(dst(r#""\x41\"\\xff""#), r#"A"\xff"#);
+        assert_eq!(dst(r#"`\xff`"#), r#"\xff"#);
+        let e = parse(r#"label_replace(x, "\xff", "", "src", "(.*)")"#).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadData);
+        assert_eq!(e.position, Some((18, 22)));
+        assert!(parse("x # \"\\xff\n").is_ok());
+    }
+
+    #[test]
     fn query_parameter_functions_describe_the_query() {
         let q = store(&[(0, 1.0)]);
         assert_eq!(
@@ -475,6 +582,11 @@ mod tests {
             "histogram_quantiles(x, \"q\", 0.1, 0.1)",
             "x + on() group_left fill(1) x",
             "min_of(step(), max_of(NaN, range()))",
+            "x{a=\"\\xe2\\x82\"}",
+            "\"\\",
+            "'\\377\\3",
+            "`\\xff",
+            "\"é\\xé\\\\xff\"",
             "sum by (job) (x) / on() group_left(job) x",
         ] {
             let _ = engine.instant(&q, query, 60_000);
