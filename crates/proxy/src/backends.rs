@@ -46,9 +46,19 @@ pub(crate) struct BackendState {
     in_flight: AtomicU64,
     /// Woken when `in_flight` drops to 0.
     idle_notify: Notify,
-    /// Idle upstream HTTP/1.1 connections, most recently used at the back.
-    idle: Mutex<VecDeque<Upstream>>,
+    idle: Mutex<Idle>,
 }
+
+/// Idle upstream HTTP/1.1 connections of one backend.
+#[derive(Default)]
+struct Idle {
+    /// Most recently used at the back.
+    conns: VecDeque<Upstream>,
+    checkins: u32,
+}
+
+/// Every this many check-ins, the least recently used idle connection is looked at.
+const SWEEP_EVERY: u32 = 16;
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -70,7 +80,7 @@ impl BackendState {
             out_until: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             idle_notify: Notify::new(),
-            idle: Mutex::new(VecDeque::new()),
+            idle: Mutex::new(Idle::default()),
         }
     }
 
@@ -125,7 +135,7 @@ impl BackendState {
     /// Connections the backend closed meanwhile are dropped.
     pub(crate) fn checkout(&self) -> Option<Upstream> {
         let mut idle = lock(&self.idle);
-        while let Some(conn) = idle.pop_back() {
+        while let Some(conn) = idle.conns.pop_back() {
             if conn.is_usable() {
                 return Some(conn);
             }
@@ -133,15 +143,19 @@ impl BackendState {
         None
     }
 
-    /// Returns a connection whose last exchange ended cleanly. The least recently used one
-    /// is looked at too, so connections the backend closed while idle do not pile up.
+    /// Returns a connection whose last exchange ended cleanly. Now and then the least
+    /// recently used one is looked at too, so connections the backend closed while idle do
+    /// not pile up at the bottom of the pool.
     pub(crate) fn checkin(&self, conn: Upstream) {
         let mut idle = lock(&self.idle);
-        if idle.front().is_some_and(|oldest| !oldest.is_usable()) {
-            idle.pop_front();
+        idle.checkins = idle.checkins.wrapping_add(1);
+        if idle.checkins.is_multiple_of(SWEEP_EVERY)
+            && idle.conns.front().is_some_and(|oldest| !oldest.is_usable())
+        {
+            idle.conns.pop_front();
         }
-        if idle.len() < MAX_IDLE_PER_BACKEND {
-            idle.push_back(conn);
+        if idle.conns.len() < MAX_IDLE_PER_BACKEND {
+            idle.conns.push_back(conn);
         }
     }
 }

@@ -2,13 +2,15 @@
 //! with prior knowledge), and each request independently picks a backend, so weights apply
 //! per request, also on long-lived keep-alive connections, and a client connection survives
 //! every backend switch. Upstream is always HTTP/1.1 over a per-backend pool of keep-alive
-//! connections, so an h2c client is served by HTTP/1.1 backends.
+//! connections, so an h2c client is served by HTTP/1.1 backends; the request's own task
+//! drives its upstream connection (see [`crate::upstream`] for why not hyper's client).
 //!
 //! Bodies stream both ways (see [`crate::body`]). An `Upgrade` request (WebSocket) is
-//! forwarded with its upgrade headers; on `101 Switching Protocols` the two upgraded
-//! connections are spliced and bytes copied both ways until both close.
+//! forwarded with its upgrade headers; on `101 Switching Protocols` the client's upgraded
+//! connection and the backend's socket are spliced and bytes copied both ways until both
+//! close.
 
-use crate::backends::BackendState;
+use crate::backends::{BackendState, lock};
 use crate::body::ProxyBody;
 use crate::config::{Protocol, ProxyConfig};
 use crate::meter::RequestMeter;
@@ -28,10 +30,12 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
 /// The first bytes of every HTTP/2 connection (RFC 9113, 3.4).
@@ -76,6 +80,42 @@ struct Conn {
     ctx: Arc<ListenerCtx>,
     /// The client's address as an `X-Forwarded-For` entry.
     peer_ip: HeaderValue,
+    /// The response timer of the connection's last request, reset for the next one: moving
+    /// a timer's deadline later is one atomic operation, where a new timer per request
+    /// costs an insertion into tokio's timer wheel and a removal. (HTTP/2 requests that run
+    /// at the same time make their own.)
+    timer: Mutex<Option<Pin<Box<Sleep>>>>,
+}
+
+impl Conn {
+    /// Waits for the exchange's response head, at most `limit` (zero: no limit); `None`
+    /// when the time ran out.
+    async fn response_head(
+        &self,
+        exchange: &mut Exchange,
+        limit: Duration,
+    ) -> Option<Result<Response<()>, HeadError>> {
+        if limit.is_zero() {
+            return Some(std::future::poll_fn(|cx| exchange.poll_head(cx)).await);
+        }
+        let deadline = Instant::now() + limit;
+        let mut timer = match lock(&self.timer).take() {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let head = std::future::poll_fn(|cx| {
+            if let Poll::Ready(head) = exchange.poll_head(cx) {
+                return Poll::Ready(Some(head));
+            }
+            timer.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
+        *lock(&self.timer) = Some(timer);
+        head
+    }
 }
 
 pub(crate) async fn serve_connection(
@@ -97,6 +137,7 @@ pub(crate) async fn serve_connection(
     let conn = Arc::new(Conn {
         ctx: ctx.clone(),
         peer_ip,
+        timer: Mutex::new(None),
     });
     let io = TokioIo::new(Prefixed {
         prefix,
@@ -248,11 +289,9 @@ async fn proxy_request(conn: &Conn, mut request: Request<Incoming>) -> Response<
             config.max_body_bytes,
             head_request,
         );
-        let response = within(
-            config.response_timeout,
-            std::future::poll_fn(|cx| exchange.poll_head(cx)),
-        )
-        .await;
+        let response = conn
+            .response_head(&mut exchange, config.response_timeout)
+            .await;
         match response {
             Some(Ok(response)) => break (exchange, response),
             None => {
@@ -456,8 +495,12 @@ fn write_request_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
-    // Most requests have no Connection header: then no header needs the token check.
-    let has_connection = headers.contains_key(header::CONNECTION);
+    // Name comparisons rather than hash lookups: most requests have neither header.
+    let (mut has_connection, mut has_forwarded_for) = (false, false);
+    for name in headers.keys() {
+        has_connection |= name == header::CONNECTION;
+        has_forwarded_for |= name == X_FORWARDED_FOR;
+    }
     let mut host: Option<&[u8]> = None;
     for (name, value) in headers {
         if is_hop_by_hop(name)
@@ -481,9 +524,11 @@ fn write_request_head(
     }
 
     out.extend_from_slice(b"x-forwarded-for: ");
-    for earlier in headers.get_all(&X_FORWARDED_FOR) {
-        out.extend_from_slice(earlier.as_bytes());
-        out.extend_from_slice(b", ");
+    if has_forwarded_for {
+        for earlier in headers.get_all(&X_FORWARDED_FOR) {
+            out.extend_from_slice(earlier.as_bytes());
+            out.extend_from_slice(b", ");
+        }
     }
     out.extend_from_slice(peer_ip.as_bytes());
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");

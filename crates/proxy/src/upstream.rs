@@ -50,6 +50,8 @@ pub(crate) struct Upstream {
     /// To send, from `written` on.
     write: Vec<u8>,
     written: usize,
+    /// Where each header of the response head being parsed sits (kept to not allocate).
+    spans: Vec<Span>,
     /// Whether an earlier request went over this connection (it came from the pool).
     pub(crate) reused: bool,
 }
@@ -61,6 +63,7 @@ impl Upstream {
             read: BytesMut::with_capacity(READ_CHUNK),
             write: Vec::with_capacity(1024),
             written: 0,
+            spans: Vec::new(),
             reused: false,
         }
     }
@@ -107,6 +110,9 @@ impl Upstream {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read)
     }
 }
+
+/// A header in a response head: offset and length of its name, then of its value.
+type Span = (usize, usize, usize, usize);
 
 /// Why sending the request body stopped early.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -312,8 +318,9 @@ impl Exchange {
             let base = self.conn.read.as_ptr() as usize;
             // Where each header's name and value sit in the head, so the values can be
             // slices of the head's bytes once it is split off the buffer.
-            let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-            let (len, code, minor, count) = {
+            let spans = &mut self.conn.spans;
+            spans.clear();
+            let (len, code, minor) = {
                 let mut storage =
                     [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
                 let mut parsed = httparse::Response::new(&mut []);
@@ -324,16 +331,16 @@ impl Exchange {
                     &mut storage,
                 ) {
                     Ok(httparse::Status::Complete(len)) => {
-                        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-                            *span = (
+                        spans.extend(parsed.headers.iter().map(|h| {
+                            (
                                 h.name.as_ptr() as usize - base,
                                 h.name.len(),
                                 h.value.as_ptr() as usize - base,
                                 h.value.len(),
-                            );
-                        }
+                            )
+                        }));
                         let code = parsed.code.unwrap_or(0);
-                        (len, code, parsed.version.unwrap_or(1), parsed.headers.len())
+                        (len, code, parsed.version.unwrap_or(1))
                     }
                     Ok(httparse::Status::Partial) => {
                         if self.conn.read.len() > MAX_RESPONSE_HEAD {
@@ -355,23 +362,24 @@ impl Exchange {
                 continue;
             }
             let head = self.conn.read.split_to(len).freeze();
-            return self
-                .build_response(&head, &spans[..count], code, minor)
-                .map(Some);
+            let spans = std::mem::take(&mut self.conn.spans);
+            let response = self.build_response(&head, &spans, code, minor);
+            self.conn.spans = spans;
+            return response.map(Some);
         }
     }
 
     fn build_response(
         &mut self,
         head: &Bytes,
-        spans: &[(usize, usize, usize, usize)],
+        spans: &[Span],
         code: u16,
         minor: u8,
     ) -> Result<Response<()>, HeadError> {
         const INVALID: HeadError = HeadError::Invalid("sent an invalid response");
         let status = StatusCode::from_u16(code).map_err(|_| INVALID)?;
-        let name_at = |&(at, len, _, _): &(usize, usize, usize, usize)| &head[at..at + len];
-        let value_at = |&(_, _, at, len): &(usize, usize, usize, usize)| &head[at..at + len];
+        let name_at = |&(at, len, _, _): &Span| &head[at..at + len];
+        let value_at = |&(_, _, at, len): &Span| &head[at..at + len];
 
         // The Connection header first: it says whether the connection stays, and may name
         // more headers that describe this hop only.
