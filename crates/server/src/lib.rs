@@ -17,6 +17,7 @@ mod monitor;
 mod promapi;
 mod recorder;
 mod remote_write;
+mod scrape;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -190,6 +191,13 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         settings.interval.0,
         remote,
     );
+    Arc::new(scrape::Scraper::new(
+        &config.env,
+        monitor.clone(),
+        runtime.clone(),
+        store.clone(),
+    ))
+    .start(settings.scrape_interval.0);
     recorder.emit_server(
         &config.env,
         EventKind::ServerStarted,

@@ -211,6 +211,16 @@ impl Monitor {
         self.metadata.lock().expect("metadata lock").clone()
     }
 
+    /// Adds what scrapes said about apps' metrics (tandem's own entries stay as they are).
+    pub(crate) fn add_metadata(&self, found: BTreeMap<String, MetricMeta>) {
+        let mut metadata = self.metadata.lock().expect("metadata lock");
+        for (name, meta) in found {
+            if !name.starts_with("tandem_") {
+                metadata.insert(name, meta);
+            }
+        }
+    }
+
     /// Collects every `interval` until the process ends.
     pub(crate) fn start_collecting(
         self: &Arc<Self>,

@@ -1095,3 +1095,56 @@ fn grafana_reads_metrics_through_the_prometheus_api() {
         out.stdout
     );
 }
+
+#[test]
+fn each_service_s_metrics_path_is_scraped_with_tandem_s_labels() {
+    let (good, broken) = (free_port(), free_port());
+    let p = Project::new(&format!(
+        "[monitoring]\nscrape_interval = \"1s\"\n\n{}{}",
+        app_service("good", good, "metrics = \"/metrics\""),
+        app_service(
+            "broken",
+            broken,
+            "metrics = \"/metrics\"\nenv = { METRICS_BROKEN = \"1\" }"
+        ),
+    ));
+    p.up().ok();
+    for _ in 0..3 {
+        http_get(good, "/hello").unwrap();
+    }
+    let value = |query: &str| -> Option<(serde_json::Value, String)> {
+        let out = p.run(&["query", query, "--output", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        let first = v["result"].get(0)?.clone();
+        let value = first["value"][1].as_str()?.to_string();
+        Some((first["metric"].clone(), value))
+    };
+    let (metric, hellos) = eventually("the app's counter at 3", || {
+        value("app_hello_total").filter(|(_, v)| v == "3")
+    });
+    assert_eq!(metric["service"], "good");
+    assert!(
+        metric["instance"].as_str().unwrap().starts_with("good-0-"),
+        "{metric}"
+    );
+    assert_eq!(
+        metric["exported_instance"], "mine",
+        "the app's own label is kept renamed"
+    );
+    assert_eq!(hellos, "3");
+    eventually("up of both targets", || {
+        let good_up = value("up{service=\"good\"}")?.1;
+        let broken_up = value("up{service=\"broken\"}")?.1;
+        (good_up == "1" && broken_up == "0").then_some(())
+    });
+    let (meta_status, meta) = {
+        let listen = p.status().server.listen;
+        let api: u16 = listen.rsplit(':').next().unwrap().parse().unwrap();
+        prom(api, "GET", "/api/v1/metadata?metric=app_hello_total", None)
+    };
+    assert_eq!(meta_status, 200);
+    assert_eq!(
+        meta["data"]["app_hello_total"][0]["help"],
+        "Hellos answered."
+    );
+}

@@ -1,7 +1,7 @@
 """A test service: an HTTP server on $PORT whose behaviour the test sets through variables.
 
 /healthz answers HEALTH_STATUS (default 200); /env answers the environment as JSON;
-/hello answers MESSAGE, failing with 500 for a FAIL_RATE share of requests and taking
+/metrics exposes app_hello_total (broken when METRICS_BROKEN=1); /hello answers MESSAGE, failing with 500 for a FAIL_RATE share of requests and taking
 DELAY_MS milliseconds. START_DELAY seconds pass before it listens. On SIGTERM it writes
 TERM_MARKER (if set) and exits 0, unless IGNORE_TERM=1. ALLOC_MB allocates that much memory
 ALLOC_AFTER seconds after start.
@@ -34,6 +34,7 @@ print("to stderr", file=sys.stderr, flush=True)
 time.sleep(float(os.environ.get("START_DELAY", "0")))
 
 hog = []
+hellos = [0]
 if os.environ.get("ALLOC_MB"):
     def allocate():
         time.sleep(float(os.environ.get("ALLOC_AFTER", "0.5")))
@@ -58,7 +59,15 @@ class Handler(BaseHTTPRequestHandler):
             if random.random() < float(os.environ.get("FAIL_RATE", "0")):
                 status, body = 500, b"failing on purpose\n"
             else:
+                hellos[0] += 1
                 status, body = 200, (os.environ.get("MESSAGE", "hello") + "\n").encode()
+        elif self.path == "/metrics":
+            if os.environ.get("METRICS_BROKEN") == "1":
+                status, body = 200, b"app_hello_total{oops 1\n"
+            else:
+                text = "# HELP app_hello_total Hellos answered.\n# TYPE app_hello_total counter\n"
+                text += 'app_hello_total{instance="mine"} %d\n' % hellos[0]
+                status, body = 200, text.encode()
         else:
             status, body = 404, b"not found\n"
         self.send_response(status)
