@@ -244,12 +244,12 @@ fn time_range(pairs: &[(String, String)]) -> Result<(i64, i64), BadParam> {
     Ok((start, end))
 }
 
-fn matcher_sets(pairs: &[(String, String)]) -> Result<Vec<Vec<Matcher>>, Response> {
+fn matcher_sets(pairs: &[(String, String)]) -> Result<Vec<Vec<Matcher>>, Box<Response>> {
     let mut sets = Vec::new();
     for selector in all(pairs, "match[]") {
         match tandem_promql::selectors(&selector) {
             Ok(found) => sets.extend(found),
-            Err(e) => return Err(eval_failure(e)),
+            Err(e) => return Err(Box::new(eval_failure(e))),
         }
     }
     Ok(sets)
@@ -265,7 +265,7 @@ async fn series(
     let pairs = params_of(&method, &headers, raw, &body);
     let sets = match matcher_sets(&pairs) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if sets.is_empty() {
         return failure(
@@ -319,7 +319,7 @@ async fn labels(
     let pairs = params_of(&method, &headers, raw, &body);
     let sets = match matcher_sets(&pairs) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (start, end) = match time_range(&pairs) {
         Ok(r) => r,
@@ -363,7 +363,7 @@ async fn label_values(
     let pairs = params::form_pairs(raw.as_deref().unwrap_or(""));
     let sets = match matcher_sets(&pairs) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (start, end) = match time_range(&pairs) {
         Ok(r) => r,

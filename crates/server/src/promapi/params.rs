@@ -9,10 +9,10 @@ pub(crate) struct BadParam(pub(crate) String);
 
 /// `1435781451.781` or `2015-07-01T20:10:51.781Z` to milliseconds since the epoch.
 pub(crate) fn parse_time(name: &str, text: &str) -> Result<i64, BadParam> {
-    if let Ok(secs) = text.parse::<f64>() {
-        if secs.is_finite() {
-            return Ok((secs * 1000.0).round() as i64);
-        }
+    if let Ok(secs) = text.parse::<f64>()
+        && secs.is_finite()
+    {
+        return Ok((secs * 1000.0).round() as i64);
     }
     if let Ok(t) = humantime::parse_rfc3339_weak(text) {
         let ms = match t.duration_since(std::time::UNIX_EPOCH) {
