@@ -816,6 +816,26 @@ mod http {
         assert!(stdout.contains(&format!("host: {addr}\n")), "{stdout}");
         wait_until("the request to be recorded", || records.all().len() == 1).await;
         assert_eq!(records.all()[0].status, 200);
+
+        // An upload from standard input has no length: it reaches the backend chunked.
+        let mut upload = tokio::process::Command::new("curl")
+            .args(["--silent", "--show-error", "--http2-prior-knowledge"])
+            .args(["--upload-file", "-", "--request", "POST"])
+            .arg(format!("http://{addr}/upload"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl runs");
+        let mut stdin = upload.stdin.take().unwrap();
+        stdin.write_all(&[b'h'; 100_000]).await.unwrap();
+        drop(stdin);
+        let output = within("curl's upload", upload.wait_with_output())
+            .await
+            .unwrap();
+        assert!(output.status.success(), "curl failed: {output:?}");
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "100000");
+        wait_until("the upload to be recorded", || records.all().len() == 2).await;
+        assert_eq!(records.all()[1].bytes_in, 100_000);
     }
 
     #[tokio::test]
@@ -1003,7 +1023,8 @@ mod http {
         };
         let (proxy, addr, records) = http_proxy(config).await;
         proxy.set_weighted_backends("api", vec![a.weighted(1, 1)]);
-        let reply = Client::connect(addr).await.get("/wait").await;
+        let mut client = Client::connect(addr).await;
+        let reply = client.get("/wait").await;
         assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(reply.proxy_error(), "response-timeout");
         assert_eq!(
@@ -1016,6 +1037,10 @@ mod http {
         wait_until("the record", || records.all().len() == 1).await;
         assert_eq!(records.all()[0].error, Some(ProxyErrorSource::Upstream));
         assert_eq!(proxy.in_flight("api", a.addr), 0);
+        // The client connection stays, and its next requests get their full time again.
+        for _ in 0..2 {
+            assert_eq!(client.get("/").await.body, "A");
+        }
     }
 
     #[tokio::test]
