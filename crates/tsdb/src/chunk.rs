@@ -218,18 +218,22 @@ fn read_residual(r: &mut BitReader<'_>, shape: Shape) -> Result<i64, Truncated> 
 // === encoding ===
 
 fn encode(samples: &[Sample]) -> Vec<u8> {
+    // Timestamps are encoded once; each value coding is tried after them.
+    let mut ts_hdr = Vec::with_capacity(8);
+    let mut ts_bits = BitWriter::new();
+    if samples.len() >= 2 {
+        write_timestamps(&mut ts_hdr, &mut ts_bits, samples);
+    }
     let values: Vec<f64> = samples.iter().map(|s| s.v).collect();
-    let mut best = encode_with(samples, &ValueCoding::Xor(&values));
+    let mut best = encode_with(&ts_hdr, &ts_bits, &ValueCoding::Xor(&values));
     if let Some((scale, ints)) = as_scaled_ints(&values) {
         for dod in [false, true] {
-            let e = encode_with(
-                samples,
-                &ValueCoding::Int {
-                    scale,
-                    ints: &ints,
-                    dod,
-                },
-            );
+            let coding = ValueCoding::Int {
+                scale,
+                ints: &ints,
+                dod,
+            };
+            let e = encode_with(&ts_hdr, &ts_bits, &coding);
             if e.len() < best.len() {
                 best = e;
             }
@@ -247,18 +251,16 @@ enum ValueCoding<'a> {
     },
 }
 
-fn encode_with(samples: &[Sample], coding: &ValueCoding<'_>) -> Vec<u8> {
-    let mut hdr = Vec::with_capacity(16);
-    let mut w = BitWriter::new();
+/// Layout: tag, timestamp header, value header, then the bits (timestamps, values).
+fn encode_with(ts_hdr: &[u8], ts_bits: &BitWriter, coding: &ValueCoding<'_>) -> Vec<u8> {
+    let mut hdr = Vec::with_capacity(16 + ts_hdr.len());
+    let mut w = ts_bits.clone();
     hdr.push(match coding {
         ValueCoding::Xor(_) => TAG_XOR,
         ValueCoding::Int { dod: false, .. } => TAG_INT_DELTA,
         ValueCoding::Int { dod: true, .. } => TAG_INT_DOD,
     });
-
-    if samples.len() >= 2 {
-        write_timestamps(&mut hdr, &mut w, samples);
-    }
+    hdr.extend_from_slice(ts_hdr);
 
     match *coding {
         ValueCoding::Xor(values) => write_xor(&mut w, values),

@@ -97,7 +97,7 @@ pub(crate) fn put_string(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Appends bits most-significant first.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct BitWriter {
     buf: Vec<u8>,
     /// Bits used in the last byte of `buf` (0 means the last byte is full or there is none).
@@ -190,36 +190,64 @@ impl<'a> BitReader<'a> {
         Ok(b)
     }
 
-    pub(crate) fn bits(&mut self, n: u32) -> Result<u64, Truncated> {
-        let mut v = 0u64;
-        let mut n = n;
-        while n > 0 {
-            let byte = *self.buf.get(self.pos / 8).ok_or(Truncated)?;
-            let off = (self.pos % 8) as u32;
-            let avail = 8 - off;
-            let take = avail.min(n);
-            let chunk = (u64::from(byte) >> (avail - take)) & ((1u64 << take) - 1);
-            v = if take == 64 {
-                chunk
-            } else {
-                (v << take) | chunk
-            };
-            self.pos += take as usize;
-            n -= take;
+    fn total_bits(&self) -> usize {
+        self.buf.len() * 8
+    }
+
+    /// The next 64 bits from the position, zero past the end; the first 57 are whole.
+    fn peek(&self) -> u64 {
+        let byte = self.pos / 8;
+        let mut word = [0u8; 8];
+        if byte < self.buf.len() {
+            let avail = (self.buf.len() - byte).min(8);
+            word[..avail].copy_from_slice(&self.buf[byte..byte + avail]);
         }
+        u64::from_be_bytes(word) << (self.pos % 8)
+    }
+
+    pub(crate) fn bits(&mut self, n: u32) -> Result<u64, Truncated> {
+        if n == 0 {
+            return Ok(0);
+        }
+        if n > 56 {
+            let hi = self.bits(n - 32)?;
+            let lo = self.bits(32)?;
+            return Ok((hi << 32) | lo);
+        }
+        if self.pos + n as usize > self.total_bits() {
+            return Err(Truncated);
+        }
+        let v = self.peek() >> (64 - n);
+        self.pos += n as usize;
         Ok(v)
     }
 
     /// Counts consecutive one bits, stopping after `limit` of them or at a zero (consumed).
     pub(crate) fn unary(&mut self, limit: u32) -> Result<u32, Truncated> {
         let mut q = 0;
-        while q < limit {
-            if !self.bit()? {
+        loop {
+            let avail = self.total_bits().saturating_sub(self.pos);
+            if q == limit {
                 return Ok(q);
             }
-            q += 1;
+            if avail == 0 {
+                return Err(Truncated);
+            }
+            let window = avail.min(56) as u32;
+            let ones = (!self.peek()).leading_zeros().min(window);
+            let need = limit - q;
+            if ones >= need {
+                self.pos += need as usize;
+                return Ok(limit);
+            }
+            self.pos += ones as usize;
+            q += ones;
+            if ones < window {
+                // The terminating zero.
+                self.pos += 1;
+                return Ok(q);
+            }
         }
-        Ok(q)
     }
 }
 

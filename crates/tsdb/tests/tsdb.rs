@@ -193,7 +193,10 @@ fn out_of_order_duplicate_and_too_old_samples_are_refused_clearly() {
     drop(db);
     let db = Db::open(dir.path(), small_blocks(Duration::from_secs(10))).unwrap();
     let err = db.append(&fresh, 9_999, 1.0).unwrap_err();
-    assert!(matches!(err, DbError::Sample(SampleError::TooOld { .. })), "{err}");
+    assert!(
+        matches!(err, DbError::Sample(SampleError::TooOld { .. })),
+        "{err}"
+    );
 }
 
 #[test]
