@@ -27,6 +27,8 @@ pub enum EventKind {
     TrafficShift,
     DeployRolledBack,
     Rollback,
+    /// A batch of samples could not be delivered to a `[monitoring] remote_write` target.
+    RemoteWriteFailed,
     Note,
 }
 
@@ -53,6 +55,7 @@ impl EventKind {
             EventKind::TrafficShift => "traffic-shift",
             EventKind::DeployRolledBack => "deploy-rolled-back",
             EventKind::Rollback => "rollback",
+            EventKind::RemoteWriteFailed => "remote-write-failed",
             EventKind::Note => "note",
         }
     }
@@ -83,6 +86,7 @@ pub const ALL_EVENT_KINDS: &[EventKind] = &[
     EventKind::TrafficShift,
     EventKind::DeployRolledBack,
     EventKind::Rollback,
+    EventKind::RemoteWriteFailed,
     EventKind::Note,
 ];
 

@@ -18,6 +18,7 @@ mod promapi;
 mod recorder;
 mod remote_write;
 mod scrape;
+mod self_metrics;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

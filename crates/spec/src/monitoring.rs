@@ -5,18 +5,33 @@ use crate::check::{Field, Report};
 use crate::model::{Monitoring, RemoteWrite};
 use crate::node::Entry;
 
-const MONITORING_KEYS: &[&str] = &["interval", "scrape_interval", "retention", "max_bytes", "remote_write"];
+const MONITORING_KEYS: &[&str] = &[
+    "interval",
+    "scrape_interval",
+    "retention",
+    "max_bytes",
+    "remote_write",
+];
 const REMOTE_WRITE_KEYS: &[&str] = &["url", "timeout"];
 
 /// Reads `entry` onto `into`: only the keys written change.
-pub(crate) fn read_monitoring(report: &mut Report<'_>, entry: &Entry, section: &str, into: &mut Monitoring) {
-    let Some(table) = report.table(entry, &Field::new(section, "[monitoring] with interval = \"1s\"")) else {
+pub(crate) fn read_monitoring(
+    report: &mut Report<'_>,
+    entry: &Entry,
+    section: &str,
+    into: &mut Monitoring,
+) {
+    let Some(table) = report.table(
+        entry,
+        &Field::new(section, "[monitoring] with interval = \"1s\""),
+    ) else {
         return;
     };
     report.unknown_keys(table, section, MONITORING_KEYS);
     let duration = |report: &mut Report<'_>, key: &str, example: &str| {
         table.get(key).and_then(|e| {
-            let d: Option<crate::units::Dur> = report.parsed(e, &Field::new(section, example), "duration");
+            let d: Option<crate::units::Dur> =
+                report.parsed(e, &Field::new(section, example), "duration");
             match d {
                 Some(d) if d.0.is_zero() => {
                     report.value_error(
@@ -43,7 +58,13 @@ pub(crate) fn read_monitoring(report: &mut Report<'_>, entry: &Entry, section: &
         into.max_bytes = report.parsed(e, &Field::new(section, "max_bytes = \"10GiB\""), "size");
     }
     if let Some(e) = table.get("remote_write")
-        && let Some(items) = report.array(e, &Field::new(section, "remote_write = [{ url = \"http://127.0.0.1:9090/api/v1/write\" }]"))
+        && let Some(items) = report.array(
+            e,
+            &Field::new(
+                section,
+                "remote_write = [{ url = \"http://127.0.0.1:9090/api/v1/write\" }]",
+            ),
+        )
     {
         let mut targets = Vec::new();
         for item in items {
@@ -57,15 +78,28 @@ pub(crate) fn read_monitoring(report: &mut Report<'_>, entry: &Entry, section: &
             };
             let item_section = format!("{}.remote_write]", section.trim_end_matches(']'));
             report.unknown_keys(t, &item_section, REMOTE_WRITE_KEYS);
-            let mut target = RemoteWrite { url: String::new(), timeout: crate::units::Dur::from_secs(30) };
+            let mut target = RemoteWrite {
+                url: String::new(),
+                timeout: crate::units::Dur::from_secs(30),
+            };
             match t.get("url") {
                 Some(url_entry) => {
-                    if let Some(url) = report.string(url_entry, &Field::new(&item_section, "url = \"http://127.0.0.1:9090/api/v1/write\"")) {
-                        let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+                    if let Some(url) = report.string(
+                        url_entry,
+                        &Field::new(
+                            &item_section,
+                            "url = \"http://127.0.0.1:9090/api/v1/write\"",
+                        ),
+                    ) {
+                        let rest = url
+                            .strip_prefix("http://")
+                            .or_else(|| url.strip_prefix("https://"));
                         if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
                             report.value_error(
                                 url_entry.node.span.clone(),
-                                format!("remote_write URL '{url}' is not an http:// or https:// URL"),
+                                format!(
+                                    "remote_write URL '{url}' is not an http:// or https:// URL"
+                                ),
                                 "write it like \"http://127.0.0.1:9090/api/v1/write\"",
                             );
                         }
@@ -79,7 +113,11 @@ pub(crate) fn read_monitoring(report: &mut Report<'_>, entry: &Entry, section: &
                 ),
             }
             if let Some(timeout) = t.get("timeout")
-                && let Some(d) = report.parsed(timeout, &Field::new(&item_section, "timeout = \"30s\""), "duration")
+                && let Some(d) = report.parsed(
+                    timeout,
+                    &Field::new(&item_section, "timeout = \"30s\""),
+                    "duration",
+                )
             {
                 target.timeout = d;
             }

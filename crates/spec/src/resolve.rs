@@ -257,7 +257,12 @@ fn check_shape(report: &mut Report<'_>, root: &Table, base_dir: &Path) {
         read_server(report, server, "[server]");
     }
     if let Some(monitoring) = root.get("monitoring") {
-        crate::monitoring::read_monitoring(report, monitoring, "[monitoring]", &mut Default::default());
+        crate::monitoring::read_monitoring(
+            report,
+            monitoring,
+            "[monitoring]",
+            &mut Default::default(),
+        );
     }
     let base_services = read_services(report, root.get("service"), base_dir);
     check_variable_names(report, root.get("service"));

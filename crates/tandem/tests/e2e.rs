@@ -1085,6 +1085,14 @@ fn grafana_reads_metrics_through_the_prometheus_api() {
         (bad["status"].as_str(), bad["errorType"].as_str()),
         (Some("error"), Some("bad_data"))
     );
+    // tandem's own /metrics, in the text format, open on loopback like the queries.
+    let (status, own) = http_get(api, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        own.contains("# TYPE tandem_tsdb_head_series gauge")
+            && own.contains("tandem_instances{service=\"web\",state=\"healthy\"} 1"),
+        "{own}"
+    );
     // The CLI gives the same answers.
     let out = p
         .run(&["query", "sum by (service) (tandem_instance_up)"])
