@@ -171,7 +171,16 @@ pub(crate) fn write(
         chunks: nchunks,
         window_end,
     };
-    let name = format!("block-{:016x}", (min_t as u64) ^ (1 << 63));
+    // Names sort by time (the sign bit flipped so negative times sort first); a second
+    // block starting at the same time (never expected) gets a suffix rather than failing.
+    let base = format!("block-{:016x}", (min_t as u64) ^ (1 << 63));
+    let name = (0..)
+        .map(|n| match n {
+            0 => base.clone(),
+            n => format!("{base}-{n}"),
+        })
+        .find(|n| !parent.join(n).exists())
+        .unwrap_or(base);
     let tmp = parent.join(format!("{TMP_PREFIX}{name}"));
     let dir = parent.join(&name);
     let _ = fs::remove_dir_all(&tmp);
