@@ -238,8 +238,19 @@ impl Monitor {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut logged_error = false;
+            let interval_ms = (interval.as_millis() as i64).max(1);
+            let mut last_t = i64::MIN;
             loop {
                 tick.tick().await;
+                // Samples are stamped with the tick they were meant for (the nearest point of
+                // the interval's grid), not the moment the read ended: timestamps on a
+                // regular grid cost almost nothing to store, jittered ones 4-5 bits each.
+                let now = tandem_api::now_ms();
+                let mut t = (now + interval_ms / 2).div_euclid(interval_ms) * interval_ms;
+                if t <= last_t {
+                    t = last_t + interval_ms;
+                }
+                last_t = t;
                 let monitor = monitor.clone();
                 let collector = collector.clone();
                 let runtime = runtime.clone();
@@ -247,10 +258,9 @@ impl Monitor {
                 let env = env.clone();
                 let remote = remote.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
-                    let now = tandem_api::now_ms();
                     // One timestamp for the whole round.
-                    let mut batch = collector.collect(&runtime, now);
-                    batch.extend(traffic.samples(&env, now));
+                    let mut batch = collector.collect(&runtime, t);
+                    batch.extend(traffic.samples(&env, t));
                     let stored = monitor.db.append_batch(&batch);
                     remote.push(&batch);
                     stored
