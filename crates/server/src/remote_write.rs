@@ -805,8 +805,9 @@ mod tests {
             format!("http://127.0.0.1:{}/api/v1/write", self.port)
         }
 
-        /// Every sample Prometheus holds for `selector` in the last hour, by label set.
-        async fn samples(&self, selector: &str) -> Vec<(Labels, Vec<(i64, f64)>)> {
+        /// Every sample Prometheus holds for `selector` in the last hour, by label set, with
+        /// each value's bits.
+        async fn samples(&self, selector: &str) -> Vec<(Labels, Vec<(i64, u64)>)> {
             let url = format!(
                 "http://127.0.0.1:{}/api/v1/query?query={}",
                 self.port,
@@ -836,7 +837,7 @@ mod tests {
                     .map(|pair| {
                         let t = (pair[0].as_f64().unwrap() * 1000.0).round() as i64;
                         let v: f64 = pair[1].as_str().unwrap().parse().unwrap();
-                        (t, v)
+                        (t, v.to_bits())
                     })
                     .collect();
                 found.push((labels, values));
@@ -891,60 +892,34 @@ mod tests {
             ("instance", "web-1"),
             ("revision", "3"),
         ]);
-        // Two collection rounds, values that survive only a lossless path.
-        writer.push(&[
-            (
-                cpu.clone(),
-                Sample {
-                    t: now - 2000,
-                    v: 0.1 + 0.2,
-                },
-            ),
-            (
-                mem.clone(),
-                Sample {
-                    t: now - 2000,
-                    v: 123_456_789.0,
-                },
-            ),
-        ]);
-        writer.push(&[
-            (
-                cpu.clone(),
-                Sample {
-                    t: now - 1000,
-                    v: 1e-300,
-                },
-            ),
-            (
-                mem.clone(),
-                Sample {
-                    t: now - 1000,
-                    v: f64::INFINITY,
-                },
-            ),
-        ]);
+        // Three collection rounds, with values only a lossless path keeps: -0.0 keeps its
+        // sign, NaN stays NaN (not a staleness marker), the infinities and tiny numbers survive.
+        let rounds = [
+            (now - 3000, 0.1 + 0.2, 123_456_789.0),
+            (now - 2000, -0.0, f64::INFINITY),
+            (now - 1000, f64::NAN, 1e-300),
+        ];
+        for (t, cpu_value, mem_value) in rounds {
+            writer.push(&[
+                (cpu.clone(), Sample { t, v: cpu_value }),
+                (mem.clone(), Sample { t, v: mem_value }),
+            ]);
+        }
         let got = eventually(
             "both series in Prometheus",
             Duration::from_secs(30),
             async || {
                 let s = prometheus.samples("{__name__=~\"rw_test_.*\"}").await;
-                (s.iter().map(|(_, v)| v.len()).sum::<usize>() == 4).then_some(s)
+                (s.iter().map(|(_, v)| v.len()).sum::<usize>() == 6).then_some(s)
             },
         )
         .await;
-        assert_eq!(
-            got,
-            vec![
-                (cpu, vec![(now - 2000, 0.1 + 0.2), (now - 1000, 1e-300)]),
-                (
-                    mem,
-                    vec![(now - 2000, 123_456_789.0), (now - 1000, f64::INFINITY)]
-                ),
-            ]
-        );
+        let bits = |pick: fn(&(i64, f64, f64)) -> f64| -> Vec<(i64, u64)> {
+            rounds.iter().map(|r| (r.0, pick(r).to_bits())).collect()
+        };
+        assert_eq!(got, vec![(cpu, bits(|r| r.1)), (mem, bits(|r| r.2))]);
         let stats = writer.stats();
-        assert_eq!(stats[0].sent_samples, 4);
+        assert_eq!(stats[0].sent_samples, 6);
         assert_eq!(
             (
                 stats[0].failed_batches,
@@ -1003,7 +978,11 @@ mod tests {
         assert_eq!(got[0].0, up);
         assert_eq!(
             got[0].1,
-            vec![(now - 3000, 0.0), (now - 2000, 1.0), (now - 1000, 2.0)]
+            vec![
+                (now - 3000, 0.0f64.to_bits()),
+                (now - 2000, 1.0f64.to_bits()),
+                (now - 1000, 2.0f64.to_bits())
+            ]
         );
         eventually(
             "three failed batches",
