@@ -80,6 +80,7 @@ pub(crate) struct AppState {
     pub(crate) env: String,
     pub(crate) dir: DataDir,
     pub(crate) monitor: Arc<monitor::Monitor>,
+    pub(crate) remote: Arc<remote_write::RemoteWriter>,
 }
 
 /// Runs the server until `POST /v1/down` or SIGTERM/SIGINT.
@@ -162,6 +163,10 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let (recovered_tx, recovered_rx) = watch::channel(false);
     let port = listen_addr.port();
+    let remote = Arc::new(remote_write::RemoteWriter::start(
+        settings.remote_write.clone(),
+        recorder.clone(),
+    ));
     let state = Arc::new(AppState {
         engine: engine.clone(),
         info: info.clone(),
@@ -179,11 +184,9 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         env: config.env.clone(),
         dir: dir.clone(),
         monitor: monitor.clone(),
+        remote: remote.clone(),
     });
-    let remote = Arc::new(remote_write::RemoteWriter::start(
-        settings.remote_write.clone(),
-        recorder.clone(),
-    ));
+
     monitor.start_collecting(
         &config.env,
         dir.root(),

@@ -36,7 +36,9 @@ impl EventSink for Recorder {
             | EventKind::CrashLoop
             | EventKind::InstanceUnhealthy
             | EventKind::ApplyFailed
-            | EventKind::LimitsUnavailable => {
+            | EventKind::LimitsUnavailable
+            | EventKind::RemoteWriteFailed
+            | EventKind::DeployRolledBack => {
                 tracing::warn!(kind = event.kind.as_str(), "{}", event.message)
             }
             _ => tracing::info!(kind = event.kind.as_str(), "{}", event.message),

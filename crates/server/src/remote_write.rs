@@ -235,7 +235,6 @@ impl RemoteWriter {
 
     /// Per-target counters, in the order of `[monitoring] remote_write` (refused targets
     /// left out), for tandem's own `/metrics`.
-    #[allow(dead_code)] // read by the /metrics endpoint once it lists remote-write figures
     pub(crate) fn stats(&self) -> Vec<TargetStats> {
         self.targets.iter().map(|t| t.stats()).collect()
     }

@@ -126,6 +126,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             escape(&service)
         );
     }
+    remote_write(&mut out, &state.remote.stats());
     family(
         &mut out,
         "tandem_deploy_in_progress",
@@ -146,6 +147,52 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         out,
     )
         .into_response()
+}
+
+/// Per remote-write target: sent, failed, dropped and queued samples.
+fn remote_write(out: &mut String, targets: &[crate::remote_write::TargetStats]) {
+    if targets.is_empty() {
+        return;
+    }
+    type Field = fn(&crate::remote_write::TargetStats) -> u64;
+    let families: [(&str, &str, &str, Field); 5] = [
+        (
+            "tandem_remote_write_sent_samples_total",
+            "counter",
+            "Samples a remote-write target accepted.",
+            |t| t.sent_samples,
+        ),
+        (
+            "tandem_remote_write_failed_batches_total",
+            "counter",
+            "Requests to a remote-write target that failed for good.",
+            |t| t.failed_batches,
+        ),
+        (
+            "tandem_remote_write_failed_samples_total",
+            "counter",
+            "Samples in requests that failed for good.",
+            |t| t.failed_samples,
+        ),
+        (
+            "tandem_remote_write_dropped_samples_total",
+            "counter",
+            "Samples dropped, oldest first, because a target's queue was full.",
+            |t| t.dropped_samples,
+        ),
+        (
+            "tandem_remote_write_queued_samples",
+            "gauge",
+            "Samples waiting in a target's queue.",
+            |t| t.queued_samples,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        family(out, name, kind, help);
+        for t in targets {
+            let _ = writeln!(out, "{name}{{url=\"{}\"}} {}", escape(&t.url), value(t));
+        }
+    }
 }
 
 #[cfg(test)]
