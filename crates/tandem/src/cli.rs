@@ -135,8 +135,7 @@ pub(crate) enum Command {
     },
     /// Evaluate a PromQL expression against the environment's metrics.
     ///
-    /// An instant query at now (or --time); with --range, a range query over the last RANGE
-    /// every STEP.
+    /// An instant query at now; with --range, a range query over the last RANGE every STEP.
     Query {
         #[command(flatten)]
         target: FileArg,

@@ -145,6 +145,11 @@ pub(crate) fn format_value(v: f64) -> String {
 
 /// Milliseconds as the float seconds Prometheus puts in JSON.
 pub(crate) fn format_time(ms: i64) -> serde_json::Value {
+    // Whole seconds print as integers (1435781451), others with their milliseconds
+    // (1435781451.781), as Prometheus writes them.
+    if ms % 1000 == 0 {
+        return serde_json::Value::Number((ms / 1000).into());
+    }
     let secs = ms as f64 / 1000.0;
     serde_json::Number::from_f64(secs)
         .map(serde_json::Value::Number)
