@@ -136,6 +136,8 @@ async fn apply(State(state): State<Arc<AppState>>, Json(request): Json<ApplyRequ
     let engine = state.engine.clone();
     let dir = state.dir.clone();
     let mut recovered = state.recovered.clone();
+    let monitor = state.monitor.clone();
+    let env = state.env.clone();
     tokio::spawn(async move {
         let send = |m: ApplyMessage| {
             let tx = tx.clone();
@@ -164,9 +166,25 @@ async fn apply(State(state): State<Arc<AppState>>, Json(request): Json<ApplyRequ
             .deploy(request.system, request.provenance, options, Some(ptx))
             .await;
         let _ = forward.await;
+        if result.is_ok() {
+            apply_live_monitoring(&monitor, &engine, &env);
+        }
         send(outcome_message(result)).await;
     });
     ndjson_response(rx)
+}
+
+/// Hands the live revision's `[monitoring]` to the monitor (after a deploy or rollback).
+fn apply_live_monitoring(
+    monitor: &crate::monitor::Monitor,
+    engine: &tandem_engine::Engine,
+    env: &str,
+) {
+    match engine.store().live(env) {
+        Ok(Some(live)) => monitor.apply_settings(&live.system.monitoring),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("cannot read the live revision's monitoring settings: {e}"),
+    }
 }
 
 fn outcome_message(
@@ -190,6 +208,8 @@ async fn rollback(
     let engine = state.engine.clone();
     let dir = state.dir.clone();
     let mut recovered = state.recovered.clone();
+    let monitor = state.monitor.clone();
+    let env = state.env.clone();
     tokio::spawn(async move {
         let _ = recovered.wait_for(|r| *r).await;
         if let Err(e) = dir.mark_down(false) {
@@ -198,6 +218,9 @@ async fn rollback(
         let (ptx, forward) = forward_progress(tx.clone());
         let result = engine.rollback(request.to, &request.who, Some(ptx)).await;
         let _ = forward.await;
+        if result.is_ok() {
+            apply_live_monitoring(&monitor, &engine, &env);
+        }
         let line = serde_json::to_string(&outcome_message(result)).unwrap_or_default();
         let _ = tx.send(line).await;
     });

@@ -80,7 +80,6 @@ pub(crate) struct AppState {
     pub(crate) env: String,
     pub(crate) dir: DataDir,
     pub(crate) monitor: Arc<monitor::Monitor>,
-    pub(crate) remote: Arc<remote_write::RemoteWriter>,
 }
 
 /// Runs the server until `POST /v1/down` or SIGTERM/SIGINT.
@@ -124,7 +123,8 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         .map(|r| r.system.monitoring)
         .unwrap_or_default();
     let monitor = Arc::new(
-        monitor::Monitor::open(&dir.root().join("tsdb"), &settings).map_err(ServerError::Io)?,
+        monitor::Monitor::open(&dir.root().join("tsdb"), &settings, recorder.clone())
+            .map_err(ServerError::Io)?,
     );
     let traffic = Arc::new(metrics::TrafficMetrics::default());
     let proxy =
@@ -163,10 +163,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let (recovered_tx, recovered_rx) = watch::channel(false);
     let port = listen_addr.port();
-    let remote = Arc::new(remote_write::RemoteWriter::start(
-        settings.remote_write.clone(),
-        recorder.clone(),
-    ));
+
     let state = Arc::new(AppState {
         engine: engine.clone(),
         info: info.clone(),
@@ -184,24 +181,16 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         env: config.env.clone(),
         dir: dir.clone(),
         monitor: monitor.clone(),
-        remote: remote.clone(),
     });
 
-    monitor.start_collecting(
-        &config.env,
-        dir.root(),
-        runtime.clone(),
-        traffic.clone(),
-        settings.interval.0,
-        remote,
-    );
+    monitor.start_collecting(&config.env, dir.root(), runtime.clone(), traffic.clone());
     Arc::new(scrape::Scraper::new(
         &config.env,
         monitor.clone(),
         runtime.clone(),
         store.clone(),
     ))
-    .start(settings.scrape_interval.0);
+    .start();
     recorder.emit_server(
         &config.env,
         EventKind::ServerStarted,

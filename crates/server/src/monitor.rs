@@ -7,13 +7,14 @@
 
 use crate::metrics::TrafficMetrics;
 use crate::remote_write::RemoteWriter;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tandem_api::EventSink;
 use tandem_engine::collect::Collector;
 use tandem_supervisor::runtime::Runtime;
-use tandem_tsdb::{Db, DbOptions};
+use tandem_tsdb::{Db, DbOptions, Labels, Sample};
 
 /// What `# TYPE`, `# HELP`, `# UNIT` say of a metric.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +29,12 @@ pub(crate) struct Monitor {
     pub(crate) db: Arc<Db>,
     pub(crate) engine: tandem_promql::Engine,
     metadata: Mutex<BTreeMap<String, MetricMeta>>,
+    /// The live revision's `[monitoring]`; intervals are read each round, so a deploy that
+    /// changes them takes effect at the next one.
+    settings: Mutex<tandem_spec::Monitoring>,
+    /// Replaced when a deploy changes `remote_write`.
+    remote: Mutex<Arc<RemoteWriter>>,
+    events: Arc<dyn EventSink>,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -174,7 +181,11 @@ const BUILT_IN: &[(&str, &str, &str, &str)] = &[
 
 impl Monitor {
     /// Opens (or creates) the store in `dir`.
-    pub(crate) fn open(dir: &Path, settings: &tandem_spec::Monitoring) -> Result<Monitor, String> {
+    pub(crate) fn open(
+        dir: &Path,
+        settings: &tandem_spec::Monitoring,
+        events: Arc<dyn EventSink>,
+    ) -> Result<Monitor, String> {
         let options = DbOptions {
             retention: Some(settings.retention.0),
             max_bytes: settings.max_bytes.map(|b| b.0),
@@ -200,11 +211,53 @@ impl Monitor {
                 )
             })
             .collect();
+        let remote = Arc::new(RemoteWriter::start(
+            settings.remote_write.clone(),
+            events.clone(),
+        ));
         Ok(Monitor {
             db: Arc::new(db),
             engine: tandem_promql::Engine::default(),
             metadata: Mutex::new(metadata),
+            settings: Mutex::new(settings.clone()),
+            remote: Mutex::new(remote),
+            events,
         })
+    }
+
+    pub(crate) fn settings(&self) -> tandem_spec::Monitoring {
+        self.settings.lock().expect("settings lock").clone()
+    }
+
+    /// Takes a new live revision's `[monitoring]`: intervals from the next round, new
+    /// remote-write targets at once. Retention and size limits apply at the next start.
+    pub(crate) fn apply_settings(&self, new: &tandem_spec::Monitoring) {
+        let mut settings = self.settings.lock().expect("settings lock");
+        if settings.remote_write != new.remote_write {
+            *self.remote.lock().expect("remote lock") = Arc::new(RemoteWriter::start(
+                new.remote_write.clone(),
+                self.events.clone(),
+            ));
+        }
+        if settings.retention != new.retention || settings.max_bytes != new.max_bytes {
+            tracing::info!("the new retention and max_bytes apply when the server next starts");
+        }
+        *settings = new.clone();
+    }
+
+    /// Stores a batch and queues it for every remote-write target.
+    pub(crate) fn store(
+        &self,
+        batch: &[(Labels, Sample)],
+    ) -> Result<tandem_tsdb::AppendSummary, tandem_tsdb::DbError> {
+        let stored = self.db.append_batch(batch);
+        let remote = self.remote.lock().expect("remote lock").clone();
+        remote.push(batch);
+        stored
+    }
+
+    pub(crate) fn remote_stats(&self) -> Vec<crate::remote_write::TargetStats> {
+        self.remote.lock().expect("remote lock").stats()
     }
 
     pub(crate) fn metadata(&self) -> BTreeMap<String, MetricMeta> {
@@ -221,67 +274,89 @@ impl Monitor {
         }
     }
 
-    /// Collects every `interval` until the process ends.
+    /// Collects every `interval` until the process ends. Samples are stamped with the tick
+    /// they were meant for (a point of the interval's grid), not the moment the read ended:
+    /// timestamps on a regular grid cost almost nothing to store, jittered ones 4-5 bits
+    /// each. A series that was collected in one round and is missing from the next (a
+    /// stopped instance) gets Prometheus's staleness marker, so it leaves instant queries at
+    /// once instead of lingering for the 5-minute lookback.
     pub(crate) fn start_collecting(
         self: &Arc<Self>,
         env: &str,
         data_dir: &Path,
         runtime: Arc<Runtime>,
         traffic: Arc<TrafficMetrics>,
-        interval: Duration,
-        remote: Arc<RemoteWriter>,
     ) {
         let monitor = self.clone();
         let collector = Arc::new(Collector::new(env, data_dir));
         let env = env.to_string();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut logged_error = false;
-            let interval_ms = (interval.as_millis() as i64).max(1);
             let mut last_t = i64::MIN;
+            let mut previous: Arc<HashSet<Labels>> = Arc::new(HashSet::new());
             loop {
-                tick.tick().await;
-                // Samples are stamped with the tick they were meant for (the nearest point of
-                // the interval's grid), not the moment the read ended: timestamps on a
-                // regular grid cost almost nothing to store, jittered ones 4-5 bits each.
+                let interval_ms = (monitor.settings().interval.0.as_millis() as i64).max(1);
                 let now = tandem_api::now_ms();
-                let mut t = (now + interval_ms / 2).div_euclid(interval_ms) * interval_ms;
+                let mut t = (now.div_euclid(interval_ms) + 1) * interval_ms;
                 if t <= last_t {
                     t = last_t + interval_ms;
                 }
+                tokio::time::sleep(Duration::from_millis((t - now).max(0) as u64)).await;
                 last_t = t;
                 let monitor = monitor.clone();
                 let collector = collector.clone();
                 let runtime = runtime.clone();
                 let traffic = traffic.clone();
                 let env = env.clone();
-                let remote = remote.clone();
+                let before = previous.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
-                    // One timestamp for the whole round.
                     let mut batch = collector.collect(&runtime, t);
                     batch.extend(traffic.samples(&env, t));
-                    let stored = monitor.db.append_batch(&batch);
-                    remote.push(&batch);
-                    stored
+                    let seen: HashSet<Labels> = batch.iter().map(|(l, _)| l.clone()).collect();
+                    mark_stale(&before, &seen, t, &mut batch);
+                    (monitor.store(&batch), seen)
                 })
                 .await;
                 match outcome {
-                    Ok(Ok(summary)) if !summary.rejected.is_empty() && !logged_error => {
-                        tracing::warn!(
-                            "time-series store refused {} sample(s), e.g. {}",
-                            summary.rejected.len(),
-                            summary.rejected[0]
-                        );
-                        logged_error = true;
+                    Ok((stored, seen)) => {
+                        previous = Arc::new(seen);
+                        match stored {
+                            Ok(summary) if !summary.rejected.is_empty() && !logged_error => {
+                                tracing::warn!(
+                                    "time-series store refused {} sample(s), e.g. {}",
+                                    summary.rejected.len(),
+                                    summary.rejected[0]
+                                );
+                                logged_error = true;
+                            }
+                            Err(e) if !logged_error => {
+                                tracing::error!("cannot store collected samples: {e}");
+                                logged_error = true;
+                            }
+                            _ => {}
+                        }
                     }
-                    Ok(Err(e)) if !logged_error => {
-                        tracing::error!("cannot store collected samples: {e}");
-                        logged_error = true;
-                    }
-                    _ => {}
+                    Err(e) => tracing::error!("the collector stopped unexpectedly: {e}"),
                 }
             }
         });
+    }
+}
+
+/// Appends a staleness marker at `t` for every series of `before` missing from `seen`.
+pub(crate) fn mark_stale(
+    before: &HashSet<Labels>,
+    seen: &HashSet<Labels>,
+    t: i64,
+    batch: &mut Vec<(Labels, Sample)>,
+) {
+    for gone in before.difference(seen) {
+        batch.push((
+            gone.clone(),
+            Sample {
+                t,
+                v: tandem_tsdb::stale_nan(),
+            },
+        ));
     }
 }

@@ -32,6 +32,8 @@ pub(crate) struct Scraper {
     store: Arc<Store>,
     /// instance id -> the last scrape error, to log each change once.
     last_error: Mutex<BTreeMap<String, String>>,
+    /// Series of the last round, to mark those that vanish as stale.
+    previous: Mutex<std::collections::HashSet<Labels>>,
 }
 
 impl Scraper {
@@ -47,16 +49,22 @@ impl Scraper {
             runtime,
             store,
             last_error: Mutex::new(BTreeMap::new()),
+            previous: Mutex::new(Default::default()),
         }
     }
 
-    /// Scrapes every `interval` until the process ends.
-    pub(crate) fn start(self: Arc<Self>, interval: Duration) {
+    /// Scrapes every `[monitoring] scrape_interval` (read each round, so a deploy that
+    /// changes it takes effect at the next one) until the process ends.
+    pub(crate) fn start(self: Arc<Self>) {
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
-                tick.tick().await;
+                let interval = self
+                    .monitor
+                    .settings()
+                    .scrape_interval
+                    .0
+                    .max(Duration::from_millis(100));
+                tokio::time::sleep(interval).await;
                 self.round(interval).await;
             }
         });
@@ -156,13 +164,22 @@ impl Scraper {
             push("scrape_duration_seconds", took.as_secs_f64());
             push("scrape_samples_scraped", scraped as f64);
         }
+        // Series that were scraped last round and are not now (a stopped instance, a metric
+        // the app no longer exposes) are marked stale, as Prometheus does.
+        {
+            let seen: std::collections::HashSet<Labels> =
+                batch.iter().map(|(l, _)| l.clone()).collect();
+            let mut previous = self.previous.lock().expect("scrape lock");
+            crate::monitor::mark_stale(&previous, &seen, tandem_api::now_ms(), &mut batch);
+            *previous = seen;
+        }
         if batch.is_empty() {
             return;
         }
         self.monitor.add_metadata(metadata);
         let monitor = self.monitor.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            if let Ok(summary) = monitor.db.append_batch(&batch)
+            if let Ok(summary) = monitor.store(&batch)
                 && let Some(first) = summary.rejected.first()
             {
                 tracing::debug!(

@@ -126,7 +126,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             escape(&service)
         );
     }
-    remote_write(&mut out, &state.remote.stats());
+    remote_write(&mut out, &state.monitor.remote_stats());
     family(
         &mut out,
         "tandem_deploy_in_progress",
