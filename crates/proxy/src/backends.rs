@@ -60,12 +60,12 @@ struct Idle {
 /// Every this many check-ins, the least recently used idle connection is looked at.
 const SWEEP_EVERY: u32 = 16;
 
-fn epoch() -> Instant {
+pub(crate) fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn micros_since_epoch(at: Instant) -> u64 {
+pub(crate) fn micros_since_epoch(at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(epoch()).as_micros())
         .unwrap_or(u64::MAX)
         .max(1)

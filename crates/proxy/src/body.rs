@@ -7,6 +7,7 @@
 //! ended cleanly) and the request is recorded; when the body is dropped early, the request is
 //! recorded as failed and the connection is closed.
 
+use crate::http::Busy;
 use crate::meter::RequestMeter;
 use crate::metrics::ProxyErrorSource;
 use crate::upstream::{Exchange, Stop};
@@ -35,6 +36,8 @@ struct Relay {
 /// The body of every response the proxy sends.
 pub(crate) struct ProxyBody {
     kind: Kind,
+    /// Keeps the client connection busy while the response is being handed over.
+    pub(crate) busy: Option<Busy>,
 }
 
 impl ProxyBody {
@@ -49,6 +52,7 @@ impl ProxyBody {
         relay.end_if_done();
         ProxyBody {
             kind: Kind::Relay(relay),
+            busy: None,
         }
     }
 
@@ -57,6 +61,7 @@ impl ProxyBody {
         let text = text.into();
         ProxyBody {
             kind: Kind::Full((!text.is_empty()).then_some(text)),
+            busy: None,
         }
     }
 

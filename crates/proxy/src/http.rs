@@ -10,7 +10,7 @@
 //! connection and the backend's socket are spliced and bytes copied both ways until both
 //! close.
 
-use crate::backends::{BackendState, lock};
+use crate::backends::{BackendState, epoch, lock, micros_since_epoch};
 use crate::body::ProxyBody;
 use crate::config::{Protocol, ProxyConfig};
 use crate::meter::RequestMeter;
@@ -30,6 +30,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -65,9 +66,9 @@ impl Servers {
             .keep_alive(true)
             .max_header_size(head_cap)
             .max_buf_size(head_cap.max(400 * 1024));
-        let header_timeout =
-            (!config.header_read_timeout.is_zero()).then_some(config.header_read_timeout);
-        h1.header_read_timeout(header_timeout);
+        // The header read timeout is the proxy's own (see `idle_timeout`): hyper's arms a new
+        // timer for every request head, a tenth of the proxy's user-space work per request.
+        h1.header_read_timeout(None);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(head_cap).unwrap_or(u32::MAX));
@@ -85,6 +86,55 @@ struct Conn {
     /// costs an insertion into tokio's timer wheel and a removal. (HTTP/2 requests that run
     /// at the same time make their own.)
     timer: Mutex<Option<Pin<Box<Sleep>>>>,
+    /// Requests of this connection whose response has not been handed over whole.
+    busy: AtomicU32,
+    /// Since when the connection has had nothing to do, in microseconds after
+    /// [`crate::backends::epoch`]: when its last response was handed over (or it opened).
+    idle_since: AtomicU64,
+}
+
+/// Counts a request as busy on its client connection until dropped (with the response body,
+/// or with the request when the client goes away first).
+pub(crate) struct Busy(Arc<Conn>);
+
+impl Busy {
+    fn new(conn: Arc<Conn>) -> Busy {
+        conn.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(conn)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        // Idle since now, then not busy: whoever sees "not busy" sees the new time too.
+        let now = micros_since_epoch(Instant::now());
+        self.0.idle_since.store(now, Ordering::Release);
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Ends once an HTTP/1.1 client connection has had nothing to do for `limit`: no request in
+/// flight and no complete request head since its last response (or since it opened). This
+/// is the header read timeout, and the idle keep-alive timeout too. One timer per
+/// connection, looked at only when it fires: a request costs two atomic operations and a
+/// clock read, instead of a timer of its own.
+async fn idle_timeout(conn: &Conn, limit: Duration) {
+    let timer = tokio::time::sleep(limit);
+    tokio::pin!(timer);
+    loop {
+        timer.as_mut().await;
+        let now = Instant::now();
+        if conn.busy.load(Ordering::Acquire) > 0 {
+            timer.as_mut().reset(now + limit);
+            continue;
+        }
+        let idle_since = Duration::from_micros(conn.idle_since.load(Ordering::Acquire));
+        let deadline = epoch() + idle_since + limit;
+        if deadline <= now {
+            return;
+        }
+        timer.as_mut().reset(deadline);
+    }
 }
 
 impl Conn {
@@ -138,23 +188,41 @@ pub(crate) async fn serve_connection(
         ctx: ctx.clone(),
         peer_ip,
         timer: Mutex::new(None),
+        busy: AtomicU32::new(0),
+        idle_since: AtomicU64::new(micros_since_epoch(Instant::now())),
     });
+    let watched = conn.clone();
     let io = TokioIo::new(Prefixed {
         prefix,
         inner: stream,
     });
     let service = service_fn(move |request| {
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(proxy_request(&conn, request).await) }
+        let busy = Busy::new(conn.clone());
+        async move {
+            let mut response = proxy_request(&busy.0, request).await;
+            response.body_mut().busy = Some(busy);
+            Ok::<_, Infallible>(response)
+        }
     });
     let served = if h2 {
         ctx.servers.h2.serve_connection(io, service).await
     } else {
-        ctx.servers
-            .h1
-            .serve_connection(io, service)
-            .with_upgrades()
-            .await
+        let served = ctx.servers.h1.serve_connection(io, service).with_upgrades();
+        let limit = ctx.config.header_read_timeout;
+        if limit.is_zero() {
+            served.await
+        } else {
+            // Biased: a head that arrived is handed to the service (which makes the
+            // connection busy) before the timer is looked at.
+            tokio::select! {
+                biased;
+                served = served => served,
+                () = idle_timeout(&watched, limit) => {
+                    debug!(service = %ctx.service.name, %peer, "client sent no request head in time; closing");
+                    return;
+                }
+            }
+        }
     };
     if let Err(error) = served {
         debug!(service = %ctx.service.name, %peer, %error, "client connection ended with an error");

@@ -25,8 +25,8 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
-use tokio::io::AsyncWrite;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
 /// The largest response head accepted from a backend (hyper's client allowed about 400 KiB
@@ -76,19 +76,15 @@ impl Upstream {
     }
 
     /// Whether an idle connection can take a request: false when the backend closed it or
-    /// sent something unasked. Never waits; costs no system call unless the socket became
-    /// readable while idle (tokio clears readiness after the short read that ended the last
-    /// response).
+    /// sent something unasked. Never waits, and costs no system call unless the socket
+    /// became readable while idle (tokio cleared its readiness after the short read that
+    /// ended the last response); nor does it register a waker.
     pub(crate) fn is_usable(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
+        if self.stream.try_io(Interest::READABLE, || Ok(())).is_err() {
+            return true;
         }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Ready to wait in the pool: no request leftovers, no outsized buffer.

@@ -935,6 +935,15 @@ mod http {
         let (proxy, addr, _) = http_proxy(config).await;
         proxy.set_weighted_backends("api", vec![a.weighted(1, 1)]);
 
+        // A request the backend holds for longer than the header timeout is not cut off:
+        // the timeout is for request heads, not for answers.
+        let mut waiting_client = Client::connect(addr).await;
+        let waiting = tokio::spawn(async move { waiting_client.get("/wait").await });
+        wait_until("the held request to reach A", || {
+            proxy.in_flight("api", a.addr) == 1
+        })
+        .await;
+
         // Half a request head, then nothing.
         let mut slow = TcpStream::connect(addr).await.unwrap();
         slow.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\n")
@@ -942,6 +951,17 @@ mod http {
             .unwrap();
         // Not a byte.
         let mut silent = TcpStream::connect(addr).await.unwrap();
+        // A whole request, then nothing: an idle keep-alive connection closes after as long.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answered = Vec::new();
+        within("the idle client's answer", idle.read_to_end(&mut answered))
+            .await
+            .unwrap();
+        assert!(answered.starts_with(b"HTTP/1.1 200"), "{answered:?}");
+        assert!(answered.ends_with(b"A"), "{answered:?}");
         for stream in [&mut slow, &mut silent] {
             let mut rest = Vec::new();
             let read = within(
@@ -955,7 +975,10 @@ mod http {
                 String::from_utf8_lossy(&rest)
             );
         }
-        assert_eq!(a.requests(), 0);
+        assert_eq!(a.requests(), 2, "the held request and the idle client's");
+        a.open_gate(1);
+        let reply = within("the held request", waiting).await.unwrap();
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "A"));
         // A client that keeps up is served.
         assert_eq!(Client::connect(addr).await.get("/").await.body, "A");
     }
