@@ -84,16 +84,16 @@ callgrind() {
         sleep 0.1
     done
     wrk -t1 -c10 -d2s "http://127.0.0.1:$port/" >/dev/null
-    callgrind_control -i on "$pid" >/dev/null
+    callgrind_control -i on "$pid" >/dev/null 2>&1
     wrk -t1 -c10 -d5s "http://127.0.0.1:$port/" >"$work/$name.wrk"
-    callgrind_control -i off "$pid" >/dev/null
-    callgrind_control -d "$pid" >/dev/null
+    callgrind_control -i off "$pid" >/dev/null 2>&1
+    callgrind_control -d "$pid" >/dev/null 2>&1
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     local requests instructions
     requests=$(grep -oP '\d+(?= requests in)' "$work/$name.wrk")
-    instructions=$(callgrind_annotate "$work/$name.cg.1" 2>/dev/null | grep -m1 'PROGRAM TOTALS' |
-        grep -oP '^[\d,]+' | tr -d ,)
+    callgrind_annotate "$work/$name.cg.1" >"$work/$name.annotated" 2>/dev/null
+    instructions=$(grep -m1 'PROGRAM TOTALS' "$work/$name.annotated" | grep -oP '^[\d,]+' | tr -d ,)
     echo "$name $requests $instructions" >>"$work/callgrind"
 }
 
