@@ -23,7 +23,7 @@ use tandem_tsdb::model::{
 };
 
 use crate::rules::{Rule, RuleGroup, RuleKind};
-use crate::template::{QueryFn, TemplateData, expand};
+use crate::template::{QueryFn, QuerySamples, TemplateData, expand};
 
 /// Resolved alerts are kept this long, so notifiers can send the resolution.
 const RESOLVED_RETENTION_MS: i64 = 15 * 60 * 1000;
@@ -341,7 +341,7 @@ fn eval_alert(
     changes: &mut Vec<AlertChange>,
 ) -> Result<Vec<(Labels, Sample)>, String> {
     let result = query(ctx, &rule.expr, q)?;
-    let run_query = |expr: &str| -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
+    let run_query = |expr: &str| -> Result<QuerySamples, String> {
         query(ctx, expr, q).map(|v| v.into_iter().map(|(l, x)| (to_map(&l), x)).collect())
     };
     let query_fn: &QueryFn<'_> = &run_query;

@@ -95,9 +95,6 @@ fn parse_number(s: &str) -> Option<f64> {
         "stale" => return Some(stale_nan()),
         _ => {}
     }
-    if let Some(hex) = s.strip_prefix("0x").or(s.strip_prefix("0X")) {
-        return i64::from_str_radix(hex, 16).ok().map(|v| v as f64);
-    }
     // Rust would also read "infinity" and "nan" spelled otherwise; Go's test notation
     // does not.
     if s.chars()
@@ -120,8 +117,7 @@ pub(crate) fn parse_values(text: &str) -> Result<Vec<Option<f64>>, String> {
         let (head, times) = match item.rfind('x') {
             Some(i)
                 if !item[i + 1..].is_empty()
-                    && item[i + 1..].bytes().all(|b| b.is_ascii_digit())
-                    && !item[..i].eq_ignore_ascii_case("0") =>
+                    && item[i + 1..].bytes().all(|b| b.is_ascii_digit()) =>
             {
                 let n: usize = item[i + 1..].parse().map_err(|_| bad())?;
                 (&item[..i], Some(n))
@@ -197,6 +193,8 @@ mod tests {
             v("1x2 _ _x2 4"),
             vec![Some(1.0), Some(1.0), Some(1.0), None, None, None, Some(4.0)]
         );
+        // In this notation `0x8` is 0 nine times, not hexadecimal.
+        assert_eq!(v("0x2"), vec![Some(0.0); 3]);
         assert_eq!(v("1e3 Inf"), vec![Some(1000.0), Some(f64::INFINITY)]);
         let s = v("0 stale");
         assert!(is_stale_nan(s[1].unwrap()));

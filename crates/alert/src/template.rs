@@ -29,9 +29,11 @@ pub struct TemplateData {
     pub value: f64,
 }
 
-/// Runs a PromQL query for the template function `query`: the instant vector's samples as
-/// (labels, value).
-pub type QueryFn<'a> = dyn Fn(&str) -> Result<Vec<(BTreeMap<String, String>, f64)>, String> + 'a;
+/// The samples of an instant vector as the template function `query` returns them.
+pub type QuerySamples = Vec<(BTreeMap<String, String>, f64)>;
+
+/// Runs a PromQL query for the template function `query`.
+pub type QueryFn<'a> = dyn Fn(&str) -> Result<QuerySamples, String> + 'a;
 
 /// Why a template did not parse or did not execute; displays as Prometheus words it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -398,7 +400,7 @@ struct Parser<'a> {
 /// How a list of nodes ended.
 enum End {
     Eof,
-    End,
+    Closed,
     Else(Vec<Tok>, usize),
 }
 
@@ -469,7 +471,7 @@ impl Parser<'_> {
                     if !in_block {
                         return Err(self.lexer.err(pos, "unexpected {{end}}"));
                     }
-                    return Ok((nodes, End::End));
+                    return Ok((nodes, End::Closed));
                 }
                 "else" => {
                     if !in_block {
@@ -503,7 +505,7 @@ impl Parser<'_> {
         let mut end = end;
         loop {
             match end {
-                End::End | End::Eof => break,
+                End::Closed | End::Eof => break,
                 End::Else(rest, epos) => {
                     // `else if` / `else with` chain into the same block.
                     let chained = matches!(rest.first(), Some(Tok::Ident(k)) if k == keyword)
@@ -1837,7 +1839,7 @@ mod tests {
 
     #[test]
     fn queries_run_through_the_callback() {
-        let q = |expr: &str| -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
+        let q = |expr: &str| -> Result<QuerySamples, String> {
             assert_eq!(expr, "up");
             Ok(vec![(
                 BTreeMap::from([("job".to_string(), "a".to_string())]),
