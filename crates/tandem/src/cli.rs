@@ -246,9 +246,26 @@ pub(crate) enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Run unit tests offline (no server, no system file).
+    Test {
+        #[command(subcommand)]
+        what: TestWhat,
+    },
     /// The per-instance shim (started by the server; not for people).
     #[command(name = "__shim", hide = true)]
     Shim { dir: PathBuf },
+}
+
+/// What `tandem test` tests.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TestWhat {
+    /// Run rule unit tests in `promtool test rules` format. Exit 0 when all pass, 1 when
+    /// one fails.
+    Rules {
+        /// Test files (YAML: rule_files, evaluation_interval, tests).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 impl Command {
@@ -257,6 +274,7 @@ impl Command {
         match self {
             Command::Logs { target, .. } => target.file.clone(),
             Command::Shim { .. } => PathBuf::from("tandem.toml"),
+            Command::Test { .. } => PathBuf::from("tandem.toml"),
             Command::Init { target }
             | Command::Validate { target }
             | Command::Render { target, .. }

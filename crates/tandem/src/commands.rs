@@ -137,6 +137,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
             ..
         } => inspect::timeline(&ctx, since, output, limit).await,
         Command::Note { text, .. } => inspect::note(&ctx, &text).await,
+        Command::Test { what } => offline::test(what),
         Command::Shim { .. } => unreachable!("handled before the runtime starts"),
     }
 }

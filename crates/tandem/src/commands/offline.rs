@@ -1,7 +1,7 @@
-//! Commands that need no server: `init`, `validate`, `render`, `graph`.
+//! Commands that need no server: `init`, `validate`, `render`, `graph`, `test rules`.
 
 use super::Ctx;
-use crate::cli::{GraphOutput, RenderOutput};
+use crate::cli::{GraphOutput, RenderOutput, TestWhat};
 use crate::output;
 use anyhow::{Context, Result, bail};
 
@@ -72,4 +72,14 @@ pub(crate) fn graph(ctx: &Ctx, format: GraphOutput) -> Result<u8> {
         GraphOutput::Dot => print!("{}", tandem_spec::graph_dot(&system)),
     }
     Ok(0)
+}
+
+/// `tandem test rules FILE...`: promtool's report on stdout; exit 0 all pass, 1 a failure.
+pub(crate) fn test(what: TestWhat) -> Result<u8> {
+    match what {
+        TestWhat::Rules { files } => {
+            let passed = tandem_alert::test_rules(&files, &mut std::io::stdout().lock())?;
+            Ok(if passed { 0 } else { 1 })
+        }
+    }
 }
