@@ -208,7 +208,7 @@ pub fn parse_rule_file(
             )]));
         }
     };
-    let (group_lines, rule_lines) = key_lines(text);
+    let (group_lines, rule_lines, expr_lines) = key_lines(text);
     let rule_count: usize = parsed.groups.iter().map(|g| g.rules.len()).sum();
     let group_lines = (group_lines.len() == parsed.groups.len()).then_some(group_lines);
     let rule_lines = (rule_lines.len() == rule_count).then_some(rule_lines);
@@ -269,8 +269,21 @@ pub fn parse_rule_file(
                 .and_then(|l| l.get(rule_index).copied())
                 .unwrap_or(gline);
             rule_index += 1;
+            let next_line = rule_lines
+                .as_ref()
+                .and_then(|l| l.get(rule_index).copied())
+                .unwrap_or(usize::MAX);
             let mut problems = Vec::new();
             if let Some(rule) = check_rule(r, &group_labels, &mut problems) {
+                if let Some(problem) = check_expr(&rule) {
+                    // Point at the rule's `expr:` line, as promtool does.
+                    let at = expr_lines
+                        .iter()
+                        .copied()
+                        .find(|&l| l > line && l < next_line)
+                        .unwrap_or(line);
+                    errors.push(err(at, problem));
+                }
                 rules.push(Rule { line, ..rule });
             }
             errors.extend(problems.into_iter().map(|m| err(line, m)));
@@ -291,11 +304,12 @@ pub fn parse_rule_file(
     }
 }
 
-/// Lines (1-based) of group `name:` keys that open a list item, and of `alert:`/`record:`
-/// keys, in document order.
-fn key_lines(text: &str) -> (Vec<usize>, Vec<usize>) {
+/// Lines (1-based) of group `name:` keys that open a list item, of `alert:`/`record:` keys
+/// and of `expr:` keys, in document order.
+fn key_lines(text: &str) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
     let mut groups = Vec::new();
     let mut rules = Vec::new();
+    let mut exprs = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let t = line.trim_start();
         if t.starts_with('#') {
@@ -309,8 +323,11 @@ fn key_lines(text: &str) -> (Vec<usize>, Vec<usize>) {
         if key.starts_with("alert:") || key.starts_with("record:") {
             rules.push(i + 1);
         }
+        if key.starts_with("expr:") {
+            exprs.push(i + 1);
+        }
     }
-    (groups, rules)
+    (groups, rules, exprs)
 }
 
 /// Checks one rule from YAML; problems are pushed, the rule returned when usable.
@@ -383,7 +400,20 @@ fn check_rule(
     Some(rule)
 }
 
-/// The checks shared by file and inline rules: names, expression, labels, templates.
+/// The expression's problem, if any.
+fn check_expr(rule: &Rule) -> Option<String> {
+    let name = &rule.name;
+    if rule.expr.trim().is_empty() {
+        Some(format!("rule '{name}' has no 'expr'"))
+    } else {
+        tandem_promql::parse(&rule.expr)
+            .err()
+            .map(|e| format!("rule '{name}': invalid PromQL in 'expr': {e}"))
+    }
+}
+
+/// The checks shared by file and inline rules besides the expression: names, labels,
+/// templates.
 fn check_parsed(rule: &Rule) -> Vec<String> {
     let mut problems = Vec::new();
     let name = &rule.name;
@@ -395,11 +425,6 @@ fn check_parsed(rule: &Rule) -> Vec<String> {
             problems.push("alert name is empty; name the alert, as in alert: ApiDown".into())
         }
         _ => {}
-    }
-    if rule.expr.trim().is_empty() {
-        problems.push(format!("rule '{name}' has no 'expr'"));
-    } else if let Err(e) = tandem_promql::parse(&rule.expr) {
-        problems.push(format!("rule '{name}': invalid PromQL in 'expr': {e}"));
     }
     for (k, v) in &rule.labels {
         if !is_label_name(k) || k == "__name__" {
@@ -434,7 +459,8 @@ pub fn inline_group(alerts: &[AlertRule], interval: Duration) -> Result<RuleGrou
             annotations: a.annotations.clone(),
             line: 0,
         };
-        errors.extend(check_parsed(&rule).into_iter().map(|message| LoadError {
+        let problems = check_expr(&rule).into_iter().chain(check_parsed(&rule));
+        errors.extend(problems.map(|message| LoadError {
             file: INLINE_GROUP.to_string(),
             line: 0,
             message: format!("[[alert]] '{}': {message}", a.name),
@@ -480,7 +506,7 @@ mod tests {
         let errors = parse_rule_file("r.yml", text, DEFAULT_INTERVAL).unwrap_err();
         let lines: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
         assert!(
-            lines[0].starts_with("r.yml:4: rule 'A': invalid PromQL"),
+            lines[0].starts_with("r.yml:5: rule 'A': invalid PromQL"),
             "{lines:?}"
         );
         assert!(

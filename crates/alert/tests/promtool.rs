@@ -112,7 +112,7 @@ fn own_fixtures_pass_and_fail_with_a_readable_diff() {
     let (ok, report) = tandem(&[agree.join("bad_rules_test.yml")]);
     assert!(!ok);
     assert!(
-        report.contains("bad_rules.yml:6: rule 'Broken': invalid PromQL in 'expr'"),
+        report.contains("bad_rules.yml:7: rule 'Broken': invalid PromQL in 'expr'"),
         "{report}"
     );
 
