@@ -41,6 +41,8 @@ pub const ERROR_RATE_MARGIN: f64 = 0.01;
 /// ... and the new p99 at most 1.5 times the old one or 25 ms above it.
 pub const P99_FACTOR: f64 = 1.5;
 pub const P99_MARGIN: Duration = Duration::from_millis(25);
+/// Requests each side needs in a window before their p99s are compared.
+pub const MIN_REQUESTS_FOR_P99: u64 = 100;
 
 /// How a deployment is run.
 #[derive(Clone, Debug, Default)]
@@ -952,7 +954,13 @@ pub fn judge(new: &Side, old: &Side, limits: &CanaryLimits) -> Vec<GateResult> {
             allowed: pct(allowed),
             passed: new.error_rate() <= allowed,
         });
-        if let (Some(new_p99), Some(old_p99)) = (new.p99(), old.p99()) {
+        // A p99 of fewer than 100 requests is just their slowest one: too noisy to hold
+        // against the old revision's.
+        if let (Some(new_p99), Some(old_p99), true) = (
+            new.p99(),
+            old.p99(),
+            new.requests >= MIN_REQUESTS_FOR_P99 && old.requests >= MIN_REQUESTS_FOR_P99,
+        ) {
             let allowed = old_p99.mul_f64(P99_FACTOR).max(old_p99 + P99_MARGIN);
             gates.push(GateResult {
                 check: "p99 vs old".into(),
