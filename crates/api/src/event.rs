@@ -29,6 +29,12 @@ pub enum EventKind {
     Rollback,
     /// A batch of samples could not be delivered to a `[monitoring] remote_write` target.
     RemoteWriteFailed,
+    /// An alert's condition started to hold (it fires once it held for `for`).
+    AlertPending,
+    AlertFiring,
+    AlertResolved,
+    /// A rule's evaluation failed, or rule files could not be loaded.
+    RuleError,
     Note,
 }
 
@@ -55,6 +61,10 @@ impl EventKind {
             EventKind::TrafficShift => "traffic-shift",
             EventKind::DeployRolledBack => "deploy-rolled-back",
             EventKind::Rollback => "rollback",
+            EventKind::AlertPending => "alert-pending",
+            EventKind::AlertFiring => "alert-firing",
+            EventKind::AlertResolved => "alert-resolved",
+            EventKind::RuleError => "rule-error",
             EventKind::RemoteWriteFailed => "remote-write-failed",
             EventKind::Note => "note",
         }
@@ -87,6 +97,10 @@ pub const ALL_EVENT_KINDS: &[EventKind] = &[
     EventKind::DeployRolledBack,
     EventKind::Rollback,
     EventKind::RemoteWriteFailed,
+    EventKind::AlertPending,
+    EventKind::AlertFiring,
+    EventKind::AlertResolved,
+    EventKind::RuleError,
     EventKind::Note,
 ];
 

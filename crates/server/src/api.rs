@@ -136,8 +136,7 @@ async fn apply(State(state): State<Arc<AppState>>, Json(request): Json<ApplyRequ
     let engine = state.engine.clone();
     let dir = state.dir.clone();
     let mut recovered = state.recovered.clone();
-    let monitor = state.monitor.clone();
-    let env = state.env.clone();
+    let app = state.clone();
     tokio::spawn(async move {
         let send = |m: ApplyMessage| {
             let tx = tx.clone();
@@ -167,23 +166,27 @@ async fn apply(State(state): State<Arc<AppState>>, Json(request): Json<ApplyRequ
             .await;
         let _ = forward.await;
         if result.is_ok() {
-            apply_live_monitoring(&monitor, &engine, &env);
+            apply_live_settings(&app);
         }
         send(outcome_message(result)).await;
     });
     ndjson_response(rx)
 }
 
-/// Hands the live revision's `[monitoring]` to the monitor (after a deploy or rollback).
-fn apply_live_monitoring(
-    monitor: &crate::monitor::Monitor,
-    engine: &tandem_engine::Engine,
-    env: &str,
-) {
-    match engine.store().live(env) {
-        Ok(Some(live)) => monitor.apply_settings(&live.system.monitoring),
+/// Hands the live revision's `[monitoring]` to the monitor and its rules to the rule
+/// engine (after a deploy or rollback).
+fn apply_live_settings(state: &AppState) {
+    match state.engine.store().live(&state.env) {
+        Ok(Some(live)) => {
+            state.monitor.apply_settings(&live.system.monitoring);
+            let base = std::path::Path::new(&live.provenance.file)
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default();
+            state.rules.load(&live.system, &base);
+        }
         Ok(None) => {}
-        Err(e) => tracing::warn!("cannot read the live revision's monitoring settings: {e}"),
+        Err(e) => tracing::warn!("cannot read the live revision's settings: {e}"),
     }
 }
 
@@ -208,8 +211,7 @@ async fn rollback(
     let engine = state.engine.clone();
     let dir = state.dir.clone();
     let mut recovered = state.recovered.clone();
-    let monitor = state.monitor.clone();
-    let env = state.env.clone();
+    let app = state.clone();
     tokio::spawn(async move {
         let _ = recovered.wait_for(|r| *r).await;
         if let Err(e) = dir.mark_down(false) {
@@ -219,7 +221,7 @@ async fn rollback(
         let result = engine.rollback(request.to, &request.who, Some(ptx)).await;
         let _ = forward.await;
         if result.is_ok() {
-            apply_live_monitoring(&monitor, &engine, &env);
+            apply_live_settings(&app);
         }
         let line = serde_json::to_string(&outcome_message(result)).unwrap_or_default();
         let _ = tx.send(line).await;

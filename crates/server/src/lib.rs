@@ -8,6 +8,7 @@
 //! must name the listener (no DNS rebinding). SIGTERM stops the server but leaves the
 //! services running for the next server to re-attach; `POST /v1/down` stops everything.
 
+mod alertapi;
 mod api;
 mod auth;
 pub mod files;
@@ -17,6 +18,7 @@ mod monitor;
 mod promapi;
 mod recorder;
 mod remote_write;
+mod rules;
 mod scrape;
 mod self_metrics;
 
@@ -80,6 +82,7 @@ pub(crate) struct AppState {
     pub(crate) env: String,
     pub(crate) dir: DataDir,
     pub(crate) monitor: Arc<monitor::Monitor>,
+    pub(crate) rules: Arc<rules::Rules>,
 }
 
 /// Runs the server until `POST /v1/down` or SIGTERM/SIGINT.
@@ -164,6 +167,14 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     let (recovered_tx, recovered_rx) = watch::channel(false);
     let port = listen_addr.port();
 
+    let rule_engine = rules::Rules::new(&config.env, monitor.clone(), recorder.clone(), dir.root());
+    if let Some(live) = store.live(&config.env)? {
+        let base = std::path::Path::new(&live.provenance.file)
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        rule_engine.load(&live.system, &base);
+    }
     let state = Arc::new(AppState {
         engine: engine.clone(),
         info: info.clone(),
@@ -181,6 +192,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         env: config.env.clone(),
         dir: dir.clone(),
         monitor: monitor.clone(),
+        rules: rule_engine.clone(),
     });
 
     monitor.start_collecting(&config.env, dir.root(), runtime.clone(), traffic.clone());
@@ -233,10 +245,12 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     if let Some(w) = &state.info.limits_warning {
         recorder.emit_server(&config.env, EventKind::LimitsUnavailable, w.clone());
     }
-    let unix_app =
-        api::router(state.clone(), false).merge(promapi::routes().with_state(state.clone()));
+    let unix_app = api::router(state.clone(), false)
+        .merge(promapi::routes().with_state(state.clone()))
+        .merge(alertapi::routes().with_state(state.clone()));
     let tcp_app = api::router(state.clone(), true).merge(
         promapi::routes()
+            .merge(alertapi::routes())
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 auth::read_only,

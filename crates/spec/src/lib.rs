@@ -33,6 +33,21 @@ pub use render::{render_json, render_toml};
 pub use resolve::{environments, load, resolve, validate_all};
 pub use starter::STARTER_FILE;
 
+/// The rule files a system's `rule_files` patterns match (relative to `base_dir`, the
+/// folder of the system file), sorted, each with the name to show for it.
+pub fn rule_files(
+    base_dir: &std::path::Path,
+    patterns: &[String],
+) -> Vec<(std::path::PathBuf, String)> {
+    let mut files: Vec<(std::path::PathBuf, String)> = patterns
+        .iter()
+        .flat_map(|p| rule_file::expand(base_dir, p))
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
 /// The variables a dependent receives for a dependency named `service`:
 /// (`<NAME>_URL`, `<NAME>_ADDR`), where `<NAME>` is the name upper-cased with `-` as `_`.
 pub fn dependency_variables(service: &str) -> (String, String) {

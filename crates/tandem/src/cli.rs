@@ -150,6 +150,13 @@ pub(crate) enum Command {
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Pending and firing alerts, with since when and their value.
+    Alerts {
+        #[command(flatten)]
+        target: FileArg,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Stop every service and the environment's server.
     Down {
         #[command(flatten)]
@@ -284,6 +291,7 @@ impl Command {
             | Command::Rollback { target, .. }
             | Command::Deployments { target, .. }
             | Command::Query { target, .. }
+            | Command::Alerts { target, .. }
             | Command::Down { target }
             | Command::Plan { target, .. }
             | Command::Status { target, .. }

@@ -101,6 +101,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
             ..
         } => lifecycle::deploy(&ctx, message, force, output).await,
         Command::Rollback { to, output, .. } => lifecycle::rollback(&ctx, to, output).await,
+        Command::Alerts { output, .. } => inspect::alerts(&ctx, output).await,
         Command::Query {
             expr,
             range,

@@ -1156,3 +1156,67 @@ fn each_service_s_metrics_path_is_scraped_with_tandem_s_labels() {
         "Hellos answered."
     );
 }
+
+#[test]
+fn rules_record_and_alert_and_their_state_survives_a_server_restart() {
+    let web = free_port();
+    let p = Project::new(&app_service("web", web, ""));
+    p.write(
+        "rules.yml",
+        "groups:\n  - name: fast\n    interval: 1s\n    rules:\n      - record: service:up:sum\n        expr: sum by (service) (tandem_instance_up)\n      - alert: WebUp\n        expr: tandem_instance_up{service=\"web\"} == 1\n        for: 2s\n        labels:\n          severity: ticket\n        annotations:\n          summary: \"web has {{ $value }} instance up\"\n",
+    );
+    let text = std::fs::read_to_string(p.path().join("tandem.toml")).unwrap();
+    p.write(
+        "tandem.toml",
+        &text.replace(
+            "name = \"e2e\"",
+            "name = \"e2e\"\nrule_files = [\"rules.yml\"]",
+        ),
+    );
+    p.up().ok();
+    let firing = eventually("the alert to fire", || {
+        let out = p.run(&["alerts", "--output", "json"]).ok();
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
+        list.into_iter().find(|a| a["state"] == "firing")
+    });
+    assert_eq!(firing["labels"]["alertname"], "WebUp");
+    assert_eq!(firing["labels"]["severity"], "ticket");
+    assert_eq!(firing["annotations"]["summary"], "web has 1 instance up");
+    let text = p.run(&["alerts"]).ok().stdout;
+    assert!(text.contains("WebUp") && text.contains("firing"), "{text}");
+    // The recording rule's series is in the store.
+    eventually("the recorded series", || {
+        let out = p.run(&["query", "service:up:sum{service=\"web\"}"]).ok();
+        out.stdout.contains("service:up:sum").then_some(())
+    });
+    let timeline = p.run(&["timeline"]).ok().stdout;
+    assert!(
+        timeline.contains("alert-pending") && timeline.contains("alert-firing"),
+        "{timeline}"
+    );
+    // The Prometheus rules API lists the group.
+    let listen = p.status().server.listen;
+    let api: u16 = listen.rsplit(':').next().unwrap().parse().unwrap();
+    let (status, rules) = prom(api, "GET", "/api/v1/rules", None);
+    assert_eq!(status, 200);
+    let group = &rules["data"]["groups"][0];
+    assert_eq!(
+        (group["name"].as_str(), group["file"].as_str()),
+        (Some("fast"), Some("rules.yml"))
+    );
+    assert_eq!(group["rules"][1]["state"], "firing");
+    // After kill -9 and a new server, the alert is still firing since the same time.
+    kill(p.server_pid().unwrap(), libc::SIGKILL);
+    p.up().ok();
+    let again = eventually("the alert after the restart", || {
+        let out = p.run(&["alerts", "--output", "json"]).ok();
+        let list: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).ok()?;
+        list.into_iter()
+            .find(|a| a["labels"]["alertname"] == "WebUp")
+    });
+    assert_eq!(again["state"], "firing");
+    assert_eq!(
+        again["activeAt"], firing["activeAt"],
+        "the alert kept its start"
+    );
+}

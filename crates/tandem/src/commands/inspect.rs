@@ -725,3 +725,59 @@ pub(crate) async fn query(
     }
     Ok(0)
 }
+
+pub(crate) async fn alerts(ctx: &Ctx, format: Output) -> Result<u8> {
+    let answer: serde_json::Value = ctx.client()?.get_json_any("/api/v1/alerts").await?;
+    let list = answer["data"]["alerts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if format == Output::Json {
+        print_json(&list)?;
+        return Ok(0);
+    }
+    if list.is_empty() {
+        println!("no pending or firing alerts in {}", ctx.env);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|a| {
+            let name = a["labels"]["alertname"].as_str().unwrap_or("").to_string();
+            let state = match a["state"].as_str().unwrap_or("") {
+                "firing" => red("firing"),
+                other => yellow(other),
+            };
+            let since = a["activeAt"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| age(now_ms() - d.as_millis() as i64))
+                .unwrap_or_else(|| "-".into());
+            let labels: Vec<String> = a["labels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| *k != "alertname")
+                .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap_or("")))
+                .collect();
+            let summary = a["annotations"]["summary"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            vec![
+                name,
+                state,
+                since,
+                a["value"].as_str().unwrap_or("").to_string(),
+                labels.join(", "),
+                summary,
+            ]
+        })
+        .collect();
+    table(
+        &["ALERT", "STATE", "SINCE", "VALUE", "LABELS", "SUMMARY"],
+        &rows,
+    );
+    Ok(0)
+}
