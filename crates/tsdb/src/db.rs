@@ -197,26 +197,24 @@ impl Db {
             head.min_valid_t = end;
         }
         let wal_dir = dir.join("wal");
-        let (records, segments) = Wal::replay(&wal_dir, &mut warnings)?;
         let mut unknown = 0u64;
-        for record in records {
-            match record {
-                Record::Series(series) => {
-                    for (id, labels) in series {
-                        head.insert_series(id, labels);
-                    }
+        // Applied as read: the log of a full head is hundreds of megabytes decoded.
+        let segments = Wal::replay(&wal_dir, &mut warnings, |record| match record {
+            Record::Series(series) => {
+                for (id, labels) in series {
+                    head.insert_series(id, labels);
                 }
-                Record::Samples(samples) => {
-                    for (id, s) in samples {
-                        if head.get(id).is_none() {
-                            unknown += 1;
-                        } else {
-                            head.push(id, s);
-                        }
+            }
+            Record::Samples(samples) => {
+                for &(id, s) in samples {
+                    if head.get(id).is_none() {
+                        unknown += 1;
+                    } else {
+                        head.push(id, s);
                     }
                 }
             }
-        }
+        })?;
         if unknown > 0 {
             warnings.push(OpenWarning::UnknownSeries { count: unknown });
         }

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::encoding::{ByteReader, crc32, put_string, put_uvarint, put_varint};
@@ -26,11 +26,11 @@ const SEGMENT_BYTES: u64 = 64 << 20;
 /// Larger records are damage (a batch is never near this).
 const MAX_RECORD: u32 = 1 << 30;
 
-/// What replay found, in WAL order.
+/// One record as replay reads it, handed to the caller before the next is read.
 #[derive(Debug)]
-pub(crate) enum Record {
+pub(crate) enum Record<'a> {
     Series(Vec<(u64, Labels)>),
-    Samples(Vec<(u64, Sample)>),
+    Samples(&'a [(u64, Sample)]),
 }
 
 #[derive(Debug)]
@@ -50,12 +50,15 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
 }
 
 impl Wal {
-    /// Replays every segment in `dir` (created if missing), repairing a torn tail, and
-    /// returns the records in order. Call [`Wal::open_for_append`] after applying them.
+    /// Replays every segment in `dir` (created if missing), repairing a torn tail: each
+    /// record goes to `apply` as soon as it is read and checked, segment after segment, so
+    /// replay holds one record in memory at a time, never the log. Returns the newest
+    /// sample time of every segment; call [`Wal::open_for_append`] with it afterwards.
     pub(crate) fn replay(
         dir: &Path,
         warnings: &mut Vec<OpenWarning>,
-    ) -> Result<(Vec<Record>, BTreeMap<u64, i64>), DbError> {
+        mut apply: impl FnMut(Record<'_>),
+    ) -> Result<BTreeMap<u64, i64>, DbError> {
         fs::create_dir_all(dir).map_err(|e| DbError::io("create the WAL folder", dir, e))?;
         let mut segments: Vec<u64> = Vec::new();
         let entries = fs::read_dir(dir).map_err(|e| DbError::io("read the WAL folder", dir, e))?;
@@ -66,9 +69,9 @@ impl Wal {
             }
         }
         segments.sort_unstable();
-        let mut records = Vec::new();
         let mut max_ts = BTreeMap::new();
         let mut damaged = false;
+        let mut reader = SegmentReader::default();
         for n in segments {
             let path = segment_path(dir, n);
             if damaged {
@@ -77,29 +80,31 @@ impl Wal {
                 warnings.push(OpenWarning::WalSegmentDropped { path });
                 continue;
             }
-            let data =
-                fs::read(&path).map_err(|e| DbError::io("read the WAL segment", &path, e))?;
+            let file =
+                File::open(&path).map_err(|e| DbError::io("read the WAL segment", &path, e))?;
             let mut max_t = i64::MIN;
-            let (good, problem) = parse_segment(&data, &mut records, &mut max_t);
+            let (good, len, problem) = reader
+                .replay(file, &mut max_t, &mut apply)
+                .map_err(|e| DbError::io("read the WAL segment", &path, e))?;
             if let Some(detail) = problem {
                 damaged = true;
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&path)
                     .map_err(|e| DbError::io("repair the WAL segment", &path, e))?;
-                f.set_len(good as u64)
+                f.set_len(good)
                     .and_then(|()| f.sync_all())
                     .map_err(|e| DbError::io("repair the WAL segment", &path, e))?;
                 warnings.push(OpenWarning::TornWal {
                     path,
-                    offset: good as u64,
-                    dropped_bytes: (data.len() - good) as u64,
+                    offset: good,
+                    dropped_bytes: len - good,
                     detail,
                 });
             }
             max_ts.insert(n, max_t);
         }
-        Ok((records, max_ts))
+        Ok(max_ts)
     }
 
     /// Opens a new segment after the replayed ones and declares `live` series in it.
@@ -295,35 +300,90 @@ fn frame(buf: &mut Vec<u8>, payload: &[u8]) {
     buf.extend_from_slice(payload);
 }
 
-/// Parses records into `out`; returns how many bytes were good and, if the rest is not,
-/// why.
-fn parse_segment(data: &[u8], out: &mut Vec<Record>, max_t: &mut i64) -> (usize, Option<String>) {
-    let mut pos = 0;
-    while pos < data.len() {
-        let Some(head) = data.get(pos..pos + 8) else {
-            return (pos, Some("incomplete record header".into()));
-        };
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if len == 0 || len > MAX_RECORD {
-            return (pos, Some(format!("impossible record length {len}")));
-        }
-        let Some(payload) = data.get(pos + 8..pos + 8 + len as usize) else {
-            return (pos, Some("incomplete record".into()));
-        };
-        if crc32(payload) != crc {
-            return (pos, Some("checksum mismatch".into()));
-        }
-        match parse_record(payload, max_t) {
-            Some(r) => out.push(r),
-            None => return (pos, Some("record does not parse".into())),
-        }
-        pos += 8 + len as usize;
-    }
-    (pos, None)
+/// Reads segments record by record through buffers reused from one record (and one
+/// segment) to the next.
+#[derive(Default)]
+struct SegmentReader {
+    payload: Vec<u8>,
+    samples: Vec<(u64, Sample)>,
 }
 
-fn parse_record(payload: &[u8], max_t: &mut i64) -> Option<Record> {
+/// Read buffer per segment: large enough that a batch of a thousand samples (about 11 KB)
+/// is one copy, small against the 64 MB a segment can reach.
+const READ_BUFFER: usize = 256 << 10;
+
+impl SegmentReader {
+    /// Hands every good record of `file` to `apply`; returns how many bytes were good, the
+    /// file's length, and, if the rest is not good, why. An `Err` is a failed read, not
+    /// damage.
+    fn replay(
+        &mut self,
+        file: File,
+        max_t: &mut i64,
+        apply: &mut impl FnMut(Record<'_>),
+    ) -> std::io::Result<(u64, u64, Option<String>)> {
+        let file_len = file.metadata()?.len();
+        let mut r = BufReader::with_capacity(READ_BUFFER, file);
+        let mut pos = 0u64;
+        let problem = loop {
+            let mut head = [0u8; 8];
+            match read_full(&mut r, &mut head)? {
+                0 => break None,
+                8 => {}
+                _ => break Some("incomplete record header".into()),
+            }
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            if len == 0 || len > MAX_RECORD {
+                break Some(format!("impossible record length {len}"));
+            }
+            // Checked against the file before the buffer grows, so a damaged length cannot
+            // ask for a gigabyte.
+            if pos + 8 + u64::from(len) > file_len {
+                break Some("incomplete record".into());
+            }
+            self.payload.resize(len as usize, 0);
+            if read_full(&mut r, &mut self.payload)? != self.payload.len() {
+                break Some("incomplete record".into());
+            }
+            if crc32(&self.payload) != crc {
+                break Some("checksum mismatch".into());
+            }
+            match parse_record(&self.payload, &mut self.samples, max_t) {
+                Some(record) => apply(record),
+                None => break Some("record does not parse".into()),
+            }
+            pos += 8 + u64::from(len);
+        };
+        if self.payload.capacity() > READ_BUFFER {
+            // One large record (a declaration of many series) need not stay allocated.
+            self.payload = Vec::new();
+        }
+        Ok((pos, file_len, problem))
+    }
+}
+
+/// Fills `buf` unless the file ends first; returns how many bytes it read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Parses one checked payload; samples go into `samples` (cleared first), which the
+/// returned record borrows. `None` when it does not parse: nothing of it is applied.
+fn parse_record<'a>(
+    payload: &[u8],
+    samples: &'a mut Vec<(u64, Sample)>,
+    max_t: &mut i64,
+) -> Option<Record<'a>> {
     let mut r = ByteReader::new(payload);
     match r.u8().ok()? {
         REC_SERIES => {
@@ -343,16 +403,119 @@ fn parse_record(payload: &[u8], max_t: &mut i64) -> Option<Record> {
         }
         REC_SAMPLES => {
             let base = r.varint().ok()?;
-            let mut samples = Vec::new();
+            samples.clear();
+            let mut newest = i64::MIN;
             while !r.is_empty() {
                 let id = r.uvarint().ok()?;
                 let t = base.wrapping_add(r.varint().ok()?);
                 let v = f64::from_bits(r.u64_le().ok()?);
-                *max_t = (*max_t).max(t);
+                newest = newest.max(t);
                 samples.push((id, Sample { t, v }));
             }
+            *max_t = (*max_t).max(newest);
             Some(Record::Samples(samples))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(t: i64) -> Vec<(u64, Sample)> {
+        (1..=3).map(|id| (id, Sample { t, v: id as f64 })).collect()
+    }
+
+    /// Replays `dir`, returning what reached `apply`: series ids and sample times in order.
+    fn replay_all(dir: &Path, warnings: &mut Vec<OpenWarning>) -> (Vec<u64>, Vec<i64>) {
+        let (mut ids, mut times) = (Vec::new(), Vec::new());
+        Wal::replay(dir, warnings, |r| match r {
+            Record::Series(s) => ids.extend(s.iter().map(|(id, _)| *id)),
+            Record::Samples(s) => times.extend(s.iter().map(|(_, x)| x.t)),
+        })
+        .unwrap();
+        (ids, times)
+    }
+
+    #[test]
+    fn damage_mid_segment_cuts_it_there_and_drops_later_segments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let mut warnings = Vec::new();
+        let segments = Wal::replay(&dir, &mut warnings, |_| {}).unwrap();
+        let labels = [
+            Labels::new([("__name__", "a")]),
+            Labels::new([("__name__", "b")]),
+        ];
+        let mut wal = Wal::open_for_append(&dir, segments, std::iter::empty()).unwrap();
+        let series: Vec<(u64, Labels)> = labels
+            .iter()
+            .cloned()
+            .zip(1..)
+            .map(|(l, i)| (i, l))
+            .collect();
+        wal.log(&series, &batch(1000)).unwrap();
+        let good = wal.size;
+        wal.log(&[], &batch(2000)).unwrap();
+        wal.log(&[], &batch(3000)).unwrap();
+        let damaged = wal.current_path();
+        wal.rotate(series.iter().map(|(id, l)| (*id, l))).unwrap();
+        wal.log(&[], &batch(4000)).unwrap();
+        let later = wal.current_path();
+        drop(wal);
+
+        let (ids, times) = replay_all(&dir, &mut Vec::new());
+        assert_eq!(ids, [1, 2, 1, 2]);
+        assert_eq!(
+            times,
+            [
+                1000, 1000, 1000, 2000, 2000, 2000, 3000, 3000, 3000, 4000, 4000, 4000
+            ]
+        );
+
+        // Flip a byte in the second batch's payload: its checksum fails.
+        let mut data = fs::read(&damaged).unwrap();
+        let total = data.len() as u64;
+        data[good as usize + 12] ^= 0xff;
+        fs::write(&damaged, &data).unwrap();
+        let mut warnings = Vec::new();
+        let (ids, times) = replay_all(&dir, &mut warnings);
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(times, [1000, 1000, 1000]);
+        match &warnings[..] {
+            [
+                OpenWarning::TornWal {
+                    path,
+                    offset,
+                    dropped_bytes,
+                    detail,
+                },
+                OpenWarning::WalSegmentDropped { path: gone },
+            ] => {
+                assert_eq!(
+                    (path, *offset, *dropped_bytes),
+                    (&damaged, good, total - good)
+                );
+                assert_eq!(detail, "checksum mismatch");
+                assert_eq!(gone, &later);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fs::metadata(&damaged).unwrap().len(), good);
+        assert!(!later.exists());
+
+        // A length beyond the end of the file is a torn record, not a huge allocation.
+        let mut data = fs::read(&damaged).unwrap();
+        data.extend_from_slice(&(MAX_RECORD - 1).to_le_bytes());
+        data.extend_from_slice(&[0; 12]);
+        fs::write(&damaged, &data).unwrap();
+        let mut warnings = Vec::new();
+        let (_, times) = replay_all(&dir, &mut warnings);
+        assert_eq!(times, [1000, 1000, 1000]);
+        assert!(
+            matches!(&warnings[..], [OpenWarning::TornWal { detail, dropped_bytes: 16, .. }] if detail == "incomplete record"),
+            "{warnings:?}"
+        );
     }
 }
