@@ -264,6 +264,8 @@ impl EmptySystem for System {
             alert: Vec::new(),
             rule_files: Vec::new(),
             monitoring: Default::default(),
+            receiver: Vec::new(),
+            route: Vec::new(),
         }
     }
 }

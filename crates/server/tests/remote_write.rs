@@ -164,6 +164,8 @@ fn seed_live_revision(dir: &DataDir, env: &str, monitoring: Monitoring) {
         alert: Vec::new(),
         rule_files: Vec::new(),
         monitoring,
+        receiver: Vec::new(),
+        route: Vec::new(),
     };
     let provenance = Provenance {
         git_commit: None,

@@ -34,6 +34,12 @@ pub struct System {
     /// How metrics are collected, kept and forwarded.
     #[serde(default)]
     pub monitoring: Monitoring,
+    /// Where alert notifications go (`[[receiver]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub receiver: Vec<Receiver>,
+    /// Which alerts go to which receivers (`[[route]]`), in the order they are checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route: Vec<Route>,
 }
 
 /// `[monitoring]`.
@@ -258,4 +264,101 @@ pub struct AlertRule {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+}
+
+/// `[[receiver]]`: where alert notifications are sent. Exactly one of `webhook` and
+/// `alertmanager` is set; a webhook receiver has its format and timings filled in, an
+/// Alertmanager receiver has none (Alertmanager groups and repeats on its own).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receiver {
+    /// Unique among the receivers; routes name it.
+    pub name: String,
+    /// An `http://` URL that receives a JSON POST per notification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    /// The webhook's body: `json` (Alertmanager's webhook shape) or `slack`. Default json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<WebhookFormat>,
+    /// An Alertmanager's base URL (`http://host:9093`); alerts go to `/api/v2/alerts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alertmanager: Option<String>,
+    /// How long a new group of alerts waits for more before its first notification.
+    /// Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_wait: Option<Dur>,
+    /// How long after a notification a changed group is notified again. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_interval: Option<Dur>,
+    /// How long after a notification an unchanged, still firing group is repeated.
+    /// Default 4h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_interval: Option<Dur>,
+}
+
+/// `format = "json" | "slack"` of a webhook receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    Slack,
+}
+
+impl WebhookFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookFormat::Json => "json",
+            WebhookFormat::Slack => "slack",
+        }
+    }
+}
+
+/// `[[route]]`: alerts whose labels equal every `match` entry go to `receiver`. Routes are
+/// checked in order; the first that matches decides, unless it says `continue = true`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Label equalities; empty matches every alert.
+    #[serde(rename = "match", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub matchers: BTreeMap<String, String>,
+    pub receiver: String,
+    /// Keep checking the routes after this one when it matches. Default false.
+    #[serde(rename = "continue", default)]
+    pub continue_: bool,
+}
+
+impl Route {
+    /// Whether every `match` label of the route has the alert's value.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matchers
+            .iter()
+            .all(|(k, v)| labels.get(k).map_or(v.is_empty(), |have| have == v))
+    }
+}
+
+/// The receivers an alert with `labels` goes to, by name, each once, in route order. With
+/// no route, or when no route matches, that is every receiver: an alert is never dropped
+/// for want of a route.
+pub fn route_alert<'a>(
+    receivers: &'a [Receiver],
+    routes: &'a [Route],
+    labels: &BTreeMap<String, String>,
+) -> Vec<&'a str> {
+    let mut chosen: Vec<&str> = Vec::new();
+    for route in routes {
+        if !route.matches(labels) {
+            continue;
+        }
+        if !chosen.contains(&route.receiver.as_str()) {
+            chosen.push(&route.receiver);
+        }
+        if !route.continue_ {
+            break;
+        }
+    }
+    if chosen.is_empty() {
+        return receivers.iter().map(|r| r.name.as_str()).collect();
+    }
+    chosen
 }

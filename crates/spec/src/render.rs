@@ -5,7 +5,7 @@
 //! environment other than `dev` it carries an empty `[env.NAME]` table so that environment
 //! exists when the output is resolved again.
 
-use crate::model::{AlertRule, DEFAULT_ENV, ServerSettings, Service, System};
+use crate::model::{AlertRule, DEFAULT_ENV, Receiver, Route, ServerSettings, Service, System};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -17,6 +17,10 @@ struct FileForm<'a> {
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     alert: &'a [AlertRule],
     monitoring: &'a crate::model::Monitoring,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    receiver: &'a [Receiver],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    route: &'a [Route],
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     env: BTreeMap<&'a str, BTreeMap<String, String>>,
 }
@@ -43,6 +47,8 @@ pub fn render_toml(system: &System) -> String {
         service: &system.service,
         alert: &system.alert,
         monitoring: &system.monitoring,
+        receiver: &system.receiver,
+        route: &system.route,
         env,
     };
     let body = match toml::to_string(&form) {
@@ -76,6 +82,7 @@ fn inline_small_tables(text: &str) -> String {
         "release",
         "labels",
         "annotations",
+        "match",
     ];
     let inline = |table: &mut toml_edit::Table| {
         for key in inline_keys {
@@ -101,12 +108,14 @@ fn inline_small_tables(text: &str) -> String {
             }
         }
     }
-    if let Some(alerts) = document
-        .get_mut("alert")
-        .and_then(|item| item.as_array_of_tables_mut())
-    {
-        for alert in alerts.iter_mut() {
-            inline(alert);
+    for list in ["alert", "route"] {
+        if let Some(tables) = document
+            .get_mut(list)
+            .and_then(|item| item.as_array_of_tables_mut())
+        {
+            for table in tables.iter_mut() {
+                inline(table);
+            }
         }
     }
     document.to_string()

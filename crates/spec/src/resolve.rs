@@ -19,10 +19,27 @@ use crate::service::{HEALTH_KINDS, ServiceSpans, normalize, read_service};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-const TOP_KEYS: &[&str] = &["system", "server", "service", "alert", "monitoring", "env"];
+const TOP_KEYS: &[&str] = &[
+    "system",
+    "server",
+    "service",
+    "alert",
+    "monitoring",
+    "receiver",
+    "route",
+    "env",
+];
 const SYSTEM_KEYS: &[&str] = &["name", "rule_files"];
 const SERVER_KEYS: &[&str] = &["listen", "url"];
-const ENV_KEYS: &[&str] = &["server", "system", "service", "alert", "monitoring"];
+const ENV_KEYS: &[&str] = &[
+    "server",
+    "system",
+    "service",
+    "alert",
+    "monitoring",
+    "receiver",
+    "route",
+];
 const ENV_SYSTEM_KEYS: &[&str] = &["rule_files"];
 
 /// The environments a file declares: `dev` first, then every `[env.NAME]` in name order.
@@ -269,6 +286,12 @@ fn check_shape(report: &mut Report<'_>, root: &Table, base_dir: &Path) {
     if let Some(alerts) = root.get("alert") {
         read_alerts(report, alerts, "[[alert]]");
     }
+    if let Some(receivers) = root.get("receiver") {
+        crate::notify::read_receivers(report, receivers, "[[receiver]]");
+    }
+    if let Some(routes) = root.get("route") {
+        crate::notify::read_routes(report, routes, "[[route]]");
+    }
     let Some(envs_entry) = root.get("env") else {
         return;
     };
@@ -338,6 +361,16 @@ fn check_shape(report: &mut Report<'_>, root: &Table, base_dir: &Path) {
         }
         if let Some(alerts) = overlay.get("alert") {
             read_alerts(report, alerts, &format!("[[env.{}.alert]]", env.key));
+        }
+        if let Some(receivers) = overlay.get("receiver") {
+            crate::notify::read_receivers(
+                report,
+                receivers,
+                &format!("[[env.{}.receiver]]", env.key),
+            );
+        }
+        if let Some(routes) = overlay.get("route") {
+            crate::notify::read_routes(report, routes, &format!("[[env.{}.route]]", env.key));
         }
         if let Some(monitoring) = overlay.get("monitoring") {
             crate::monitoring::read_monitoring(
@@ -615,6 +648,22 @@ fn build(
     }
     check_duplicate_alerts(&mut report, &alerts);
 
+    let notify_lists = |report: &mut Report<'_>, table: Option<&Table>, section: &str| {
+        let receivers = table
+            .and_then(|t| t.get("receiver"))
+            .map(|e| crate::notify::read_receivers(report, e, &format!("[[{section}receiver]]")))
+            .unwrap_or_default();
+        let routes = table
+            .and_then(|t| t.get("route"))
+            .map(|e| crate::notify::read_routes(report, e, &format!("[[{section}route]]")))
+            .unwrap_or_default();
+        (receivers, routes)
+    };
+    let base_notify = notify_lists(&mut report, Some(root), "");
+    let overlay_notify = notify_lists(&mut report, overlay, "env.");
+    let (receivers, routes) =
+        crate::notify::merge_and_check(&mut report, base_notify, overlay_notify);
+
     check_dependencies(&mut report, &services, &service_spans);
     check_ports(
         &mut report,
@@ -633,6 +682,8 @@ fn build(
         alert: alerts.into_iter().map(|(rule, _)| rule).collect(),
         rule_files: rule_files.into_iter().map(|(pattern, _)| pattern).collect(),
         monitoring,
+        receiver: receivers,
+        route: routes,
     };
     (system, report.diagnostics)
 }

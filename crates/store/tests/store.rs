@@ -40,6 +40,8 @@ fn system(replicas: u32) -> System {
         alert: vec![],
         rule_files: vec![],
         monitoring: Default::default(),
+        receiver: Vec::new(),
+        route: Vec::new(),
     }
 }
 
