@@ -4,6 +4,7 @@
 //! results agree with Prometheus to the last bit in the common cases.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use promql_parser::parser::token::{
     T_AVG, T_BOTTOMK, T_COUNT, T_COUNT_VALUES, T_GROUP, T_LIMIT_RATIO, T_LIMITK, T_MAX, T_MIN,
@@ -13,7 +14,7 @@ use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
 use tandem_tsdb::model::METRIC_NAME;
 
 use crate::error::EvalError;
-use crate::eval::{Elem, Evaluator, Labels, Steps, Val, Vector};
+use crate::eval::{Elem, Evaluator, FastMap, Labels, Lbl, Steps, Val, Vector};
 
 /// One step of Kahan-Neumaier summation: adds `inc` to `sum` with compensation `c`.
 pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
@@ -101,6 +102,42 @@ impl Grouping {
     }
 }
 
+/// The group of each input series, worked out once per label `Arc` rather than once per
+/// point: groups are numbered for the whole evaluation, and each has one shared label set.
+struct GroupIds {
+    /// Input labels' address -> (the input, kept alive so the address stays its own; group).
+    by_ptr: FastMap<usize, (Lbl, usize)>,
+    by_key: FastMap<Labels, usize>,
+    labels: Vec<Lbl>,
+}
+
+impl GroupIds {
+    fn new() -> GroupIds {
+        GroupIds {
+            by_ptr: FastMap::default(),
+            by_key: FastMap::default(),
+            labels: Vec::new(),
+        }
+    }
+
+    fn id(&mut self, l: &Lbl, grouping: &Grouping) -> usize {
+        let ptr = Arc::as_ptr(l) as usize;
+        if let Some((_, g)) = self.by_ptr.get(&ptr) {
+            return *g;
+        }
+        let labels = &mut self.labels;
+        let g = *self
+            .by_key
+            .entry(grouping.labels(l))
+            .or_insert_with_key(|key| {
+                labels.push(Arc::new(key.clone()));
+                labels.len() - 1
+            });
+        self.by_ptr.insert(ptr, (l.clone(), g));
+        g
+    }
+}
+
 pub(crate) fn eval(
     ev: &mut Evaluator<'_>,
     a: &AggregateExpr,
@@ -150,6 +187,8 @@ pub(crate) fn eval(
     };
     let input = ev.eval_vector(&a.expr, steps, &context)?;
     let mut out = Vec::with_capacity(input.len());
+    let mut ids = GroupIds::new();
+    let mut slot = Vec::new();
     for (i, v) in input.into_iter().enumerate() {
         ev.check_deadline()?;
         let ts = steps.ts(i);
@@ -158,7 +197,7 @@ pub(crate) fn eval(
             T_TOPK | T_BOTTOMK => top_bottom(op == T_TOPK, v, param, &grouping)?,
             T_LIMITK => limitk(v, param, &grouping)?,
             T_LIMIT_RATIO => limit_ratio(v, param)?,
-            _ => aggregate_step(op, v, param, &grouping, ts)?,
+            _ => aggregate_step(op, v, param, &grouping, &mut ids, &mut slot, ts)?,
         };
         out.push(res);
     }
@@ -167,7 +206,7 @@ pub(crate) fn eval(
 
 #[derive(Default)]
 struct Group {
-    labels: Labels,
+    id: usize,
     value: f64,
     kahan_c: f64,
     mean: f64,
@@ -176,23 +215,29 @@ struct Group {
     values: Vec<f64>,
 }
 
+/// One step of an aggregation. `slot` maps group ids to this step's groups (usize::MAX:
+/// absent) and is left all usize::MAX again for the next step.
 fn aggregate_step(
     op: TokenId,
     v: Vector,
     param: f64,
     grouping: &Grouping,
+    ids: &mut GroupIds,
+    slot: &mut Vec<usize>,
     ts: i64,
 ) -> Result<Vector, EvalError> {
     let mut groups: Vec<Group> = Vec::new();
-    let mut index: HashMap<Labels, usize> = HashMap::new();
     for e in v {
-        let key = grouping.labels(&e.labels);
+        let id = ids.id(&e.labels, grouping);
+        if slot.len() <= id {
+            slot.resize(id + 1, usize::MAX);
+        }
         let f = e.v;
-        let gi = match index.get(&key) {
-            Some(&gi) => gi,
-            None => {
+        let gi = match slot[id] {
+            gi if gi != usize::MAX => gi,
+            _ => {
                 let mut g = Group {
-                    labels: key.clone(),
+                    id,
                     value: f,
                     mean: f,
                     count: 1.0,
@@ -210,8 +255,8 @@ fn aggregate_step(
                     T_GROUP => g.value = 1.0,
                     _ => {}
                 }
+                slot[id] = groups.len();
                 groups.push(g);
-                index.insert(key, groups.len() - 1);
                 continue;
             }
         };
@@ -263,6 +308,7 @@ fn aggregate_step(
     let out = groups
         .into_iter()
         .map(|mut g| {
+            slot[g.id] = usize::MAX;
             let v = match op {
                 T_SUM => g.value + g.kahan_c,
                 T_AVG => {
@@ -279,7 +325,7 @@ fn aggregate_step(
                 _ => g.value,
             };
             Elem {
-                labels: g.labels,
+                labels: ids.labels[g.id].clone(),
                 v,
                 t: ts,
             }
@@ -410,7 +456,7 @@ fn count_values(v: Vector, label: &str, grouping: &Grouping, ts: i64) -> Vector 
             None => {
                 index.insert(key.clone(), groups.len());
                 groups.push(Elem {
-                    labels: key,
+                    labels: Arc::new(key),
                     v: 1.0,
                     t: ts,
                 });

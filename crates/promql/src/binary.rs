@@ -3,6 +3,7 @@
 //! `group_left`, `group_right`) and its rules for which labels survive.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use promql_parser::parser::token::{
     T_ADD, T_ATAN2, T_DIV, T_EQLC, T_GTE, T_GTR, T_LAND, T_LOR, T_LSS, T_LTE, T_LUNLESS, T_MOD,
@@ -12,7 +13,8 @@ use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
 
 use crate::error::EvalError;
 use crate::eval::{
-    Elem, Evaluator, Labels, Steps, Val, Vector, check_unique_labels, drop_metric_name,
+    Elem, Evaluator, Labels, Lbl, Relabel, Steps, Val, Vector, check_unique_labels,
+    drop_metric_name, without_metric_name,
 };
 
 /// True for the operators whose result no longer means what the metric name says.
@@ -85,15 +87,17 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, b: &BinaryExpr, steps: Steps) -> Resu
         }
         (Val::Vector(l), Val::Scalar(r)) => {
             let mut out = Vec::with_capacity(l.len());
+            let mut relabel = Relabel::new(drop_metric_name as fn(&Lbl) -> Lbl);
             for (v, s) in l.into_iter().zip(r) {
-                out.push(vector_scalar(op, v, s, false, return_bool)?);
+                out.push(vector_scalar(op, v, s, false, return_bool, &mut relabel)?);
             }
             Ok(Val::Vector(out))
         }
         (Val::Scalar(l), Val::Vector(r)) => {
             let mut out = Vec::with_capacity(r.len());
+            let mut relabel = Relabel::new(drop_metric_name as fn(&Lbl) -> Lbl);
             for (v, s) in r.into_iter().zip(l) {
-                out.push(vector_scalar(op, v, s, true, return_bool)?);
+                out.push(vector_scalar(op, v, s, true, return_bool, &mut relabel)?);
             }
             Ok(Val::Vector(out))
         }
@@ -130,6 +134,7 @@ fn vector_scalar(
     s: f64,
     swap: bool,
     return_bool: bool,
+    relabel: &mut Relabel<fn(&Lbl) -> Lbl>,
 ) -> Result<Vector, EvalError> {
     let mut out = Vec::with_capacity(v.len());
     for mut e in v {
@@ -146,7 +151,7 @@ fn vector_scalar(
         if keep {
             e.v = value;
             if changes_metric_schema(op) || return_bool {
-                e.labels = drop_metric_name(&e.labels);
+                e.labels = relabel.get(&e.labels);
             }
             out.push(e);
         }
@@ -303,7 +308,7 @@ fn vector_binop(
             None => {
                 let Some(fill) = fill_one else { continue };
                 let stand_in = Elem {
-                    labels: sig.clone(),
+                    labels: Arc::new(sig.clone()),
                     v: fill,
                     t: ls.t,
                 };
@@ -318,7 +323,7 @@ fn vector_binop(
                 continue;
             }
             let stand_in = Elem {
-                labels: sig.clone(),
+                labels: Arc::new(sig.clone()),
                 v: fill,
                 t: rs.t,
             };
@@ -367,7 +372,7 @@ impl Pairs<'_> {
         }
         if keep || self.return_bool {
             self.out.push(Elem {
-                labels: metric,
+                labels: Arc::new(metric),
                 v: value,
                 t: ls.t,
             });
@@ -387,7 +392,7 @@ fn result_metric(
     return_bool: bool,
 ) -> Labels {
     let mut l = if return_bool || changes_metric_schema(op) {
-        drop_metric_name(many)
+        without_metric_name(many)
     } else {
         many.clone()
     };

@@ -3,14 +3,14 @@
 //! Prometheus's HTTP API reports it. Limits (samples, time, resolution) live here so every
 //! caller gets the same protection.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use promql_parser::parser::{self, Expr};
 use tandem_tsdb::model::{Labels, Matcher, Querier, Sample, Series};
 
 use crate::error::{ErrorKind, EvalError};
-use crate::eval::{Evaluator, Steps, Val, duration_ms, selector_matchers};
+use crate::eval::{Evaluator, SeriesBuilder, Steps, Val, duration_ms, selector_matchers};
 use crate::value::Value;
 
 /// Prometheus refuses range queries with more points per series than this.
@@ -230,7 +230,7 @@ impl Engine {
                 v.pop()
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|e| (e.labels, Sample { t: t_ms, v: e.v }))
+                    .map(|e| (Arc::unwrap_or_clone(e.labels), Sample { t: t_ms, v: e.v }))
                     .collect(),
             ),
             Val::Range(r) => {
@@ -308,24 +308,14 @@ impl Engine {
                 });
             }
             Val::Vector(vs) => {
-                let mut index: HashMap<Labels, usize> = HashMap::new();
+                let mut builder = SeriesBuilder::default();
                 for (i, v) in vs.into_iter().enumerate() {
                     let t = steps.ts(i);
                     for e in v {
-                        let idx = match index.get(&e.labels) {
-                            Some(&idx) => idx,
-                            None => {
-                                index.insert(e.labels.clone(), series.len());
-                                series.push(Series {
-                                    labels: e.labels,
-                                    samples: Vec::new(),
-                                });
-                                series.len() - 1
-                            }
-                        };
-                        series[idx].samples.push(Sample { t, v: e.v });
+                        builder.push(&e.labels, Sample { t, v: e.v });
                     }
                 }
+                series = builder.into_series();
                 series.sort_by(|a, b| a.labels.cmp(&b.labels));
             }
             other => {

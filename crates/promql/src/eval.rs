@@ -9,7 +9,8 @@
 //! This keeps each operator a plain per-step function, which is how Prometheus specifies
 //! them, and reads each selector's data from the store once per query.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use promql_parser::label::MatchOp as ParserMatchOp;
@@ -17,17 +18,30 @@ use promql_parser::parser::{
     AtModifier, Expr, MatrixSelector, Offset, SubqueryExpr, VectorSelector,
 };
 use tandem_tsdb::model::{
-    METRIC_NAME, MatchOp, Matcher, Querier, QueryError, Series, is_stale_nan,
+    METRIC_NAME, MatchOp, Matcher, Querier, QueryError, Sample, Series, is_stale_nan,
 };
 
 use crate::error::{ErrorKind, EvalError};
 
 pub(crate) use tandem_tsdb::model::Labels;
 
+/// A label set shared by every point of a series: an element of each step's vector holds
+/// a reference, not a copy, so a range query over thousands of steps allocates each label
+/// set once per series instead of once per point.
+pub(crate) type Lbl = Arc<Labels>;
+
+/// The hash maps and sets of the evaluator's inner loops. Their keys are label sets and
+/// pointers built by the query itself, not by an attacker who could aim at collisions, so
+/// a fast non-cryptographic hash (foldhash) replaces the default SipHash, which was an
+/// eighth of a `rate` range query's time.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, FastHash>;
+pub(crate) type FastSet<K> = HashSet<K, FastHash>;
+pub(crate) type FastHash = foldhash::fast::FixedState;
+
 /// One element of an instant vector at one step.
 #[derive(Clone, Debug)]
 pub(crate) struct Elem {
-    pub(crate) labels: Labels,
+    pub(crate) labels: Lbl,
     pub(crate) v: f64,
     /// The timestamp of the sample it came from; only `timestamp()` reads it, and only
     /// selectors set it to anything but the step time.
@@ -48,7 +62,7 @@ pub(crate) struct RangeArg {
 
 impl RangeArg {
     /// The samples of series `s` that fall in the window of step `i`.
-    pub(crate) fn window(&self, s: usize, i: usize) -> &[tandem_tsdb::model::Sample] {
+    pub(crate) fn window(&self, s: usize, i: usize) -> &[Sample] {
         let samples = &self.series[s].samples;
         let end = self.ends[i];
         let start = end.saturating_sub(self.range);
@@ -142,28 +156,124 @@ fn system_time_ms(t: &SystemTime) -> i64 {
 
 /// Labels without the metric name (and the other metadata labels Prometheus 3 drops with
 /// it), as every function and operator that changes a series' meaning returns them.
-pub(crate) fn drop_metric_name(l: &Labels) -> Labels {
-    if l.get(METRIC_NAME).is_none() && l.get("__type__").is_none() && l.get("__unit__").is_none() {
-        return l.clone();
+pub(crate) fn drop_metric_name(l: &Lbl) -> Lbl {
+    if has_metric_name(l) {
+        Arc::new(l.without(&[METRIC_NAME, "__type__", "__unit__"]))
+    } else {
+        l.clone()
     }
-    l.without(&[METRIC_NAME, "__type__", "__unit__"])
+}
+
+/// [`drop_metric_name`] of a label set that is not shared.
+pub(crate) fn without_metric_name(l: &Labels) -> Labels {
+    if has_metric_name(l) {
+        l.without(&[METRIC_NAME, "__type__", "__unit__"])
+    } else {
+        l.clone()
+    }
+}
+
+fn has_metric_name(l: &Labels) -> bool {
+    l.get(METRIC_NAME).is_some() || l.get("__type__").is_some() || l.get("__unit__").is_some()
+}
+
+/// Whether label sets are all different (as every vector's must be).
+pub(crate) fn all_unique<'a>(labels: impl ExactSizeIterator<Item = &'a Labels>) -> bool {
+    if labels.len() < 2 {
+        return true;
+    }
+    let mut seen = FastSet::with_capacity_and_hasher(labels.len(), FastHash::default());
+    let mut labels = labels;
+    labels.all(|l| seen.insert(l))
+}
+
+/// A label transformation applied once per distinct input `Arc` rather than once per point:
+/// the elements of one series at every step share their input labels, so they share the
+/// output too.
+pub(crate) struct Relabel<F> {
+    /// Input address to (the input, kept alive so the address stays its own; the output).
+    cache: FastMap<usize, (Lbl, Lbl)>,
+    f: F,
+}
+
+impl<F: FnMut(&Lbl) -> Lbl> Relabel<F> {
+    pub(crate) fn new(f: F) -> Relabel<F> {
+        Relabel {
+            cache: FastMap::default(),
+            f,
+        }
+    }
+
+    pub(crate) fn get(&mut self, l: &Lbl) -> Lbl {
+        let ptr = Arc::as_ptr(l) as usize;
+        if let Some((_, out)) = self.cache.get(&ptr) {
+            return out.clone();
+        }
+        let out = (self.f)(l);
+        self.cache.insert(ptr, (l.clone(), out.clone()));
+        out
+    }
+}
+
+/// Turns per-step vectors back into series (a range query's result, a subquery's range
+/// vector), series in order of first appearance. Elements of one series nearly always
+/// share one `Arc`, so they are told apart by pointer first and by label set only when a
+/// pointer is new; each label set is hashed once per `Arc`, not once per point.
+#[derive(Default)]
+pub(crate) struct SeriesBuilder {
+    by_ptr: FastMap<usize, usize>,
+    by_labels: FastMap<Lbl, usize>,
+    /// Every `Arc` whose address is a key of `by_ptr`, so that no address is reused by
+    /// another label set while the builder lives.
+    keep: Vec<Lbl>,
+    pub(crate) series: Vec<(Lbl, Vec<Sample>)>,
+}
+
+impl SeriesBuilder {
+    pub(crate) fn push(&mut self, labels: &Lbl, sample: Sample) {
+        let ptr = Arc::as_ptr(labels) as usize;
+        let idx = match self.by_ptr.get(&ptr) {
+            Some(&i) => i,
+            None => {
+                let i = match self.by_labels.get(labels) {
+                    Some(&i) => i,
+                    None => {
+                        self.series.push((labels.clone(), Vec::new()));
+                        self.by_labels.insert(labels.clone(), self.series.len() - 1);
+                        self.series.len() - 1
+                    }
+                };
+                self.by_ptr.insert(ptr, i);
+                self.keep.push(labels.clone());
+                i
+            }
+        };
+        self.series[idx].1.push(sample);
+    }
+
+    /// The series, each label set unwrapped (copied only if still shared elsewhere).
+    pub(crate) fn into_series(self) -> Vec<Series> {
+        drop((self.by_labels, self.keep));
+        self.series
+            .into_iter()
+            .map(|(labels, samples)| Series {
+                labels: Arc::unwrap_or_clone(labels),
+                samples,
+            })
+            .collect()
+    }
 }
 
 /// Prometheus refuses a vector in which two elements have the same labels (which happens
 /// when a function drops the metric name of `{__name__=~"a|b"}`).
 pub(crate) fn check_unique_labels(v: &Vector) -> Result<(), EvalError> {
-    if v.len() < 2 {
-        return Ok(());
+    if all_unique(v.iter().map(|e| &*e.labels)) {
+        Ok(())
+    } else {
+        Err(EvalError::execution(
+            "vector cannot contain metrics with the same labelset",
+        ))
     }
-    let mut seen = HashSet::with_capacity(v.len());
-    for e in v {
-        if !seen.insert(&e.labels) {
-            return Err(EvalError::execution(
-                "vector cannot contain metrics with the same labelset",
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Converts a parsed selector's matchers into the store's, adding the metric name.
@@ -286,10 +396,11 @@ impl Evaluator<'_> {
             Expr::Unary(u) => match self.eval(&u.expr, steps)? {
                 Val::Scalar(v) => Ok(Val::Scalar(v.into_iter().map(|x| -x).collect())),
                 Val::Vector(mut vs) => {
+                    let mut relabel = Relabel::new(drop_metric_name);
                     for v in &mut vs {
                         for e in v.iter_mut() {
                             e.v = -e.v;
-                            e.labels = drop_metric_name(&e.labels);
+                            e.labels = relabel.get(&e.labels);
                         }
                         check_unique_labels(v)?;
                     }
@@ -379,8 +490,9 @@ impl Evaluator<'_> {
             .collect();
         let (min_ref, max_ref) = min_max(&refs);
         let series = self.select(vs, min_ref.saturating_sub(self.lookback) + 1, max_ref)?;
-        for s in &series {
+        for s in series {
             self.check_deadline()?;
+            let labels = Arc::new(s.labels);
             for (i, &r) in refs.iter().enumerate() {
                 let idx = s.samples.partition_point(|x| x.t <= r);
                 if idx == 0 {
@@ -391,7 +503,7 @@ impl Evaluator<'_> {
                     continue;
                 }
                 out[i].push(Elem {
-                    labels: s.labels.clone(),
+                    labels: labels.clone(),
                     v: smp.v,
                     t: smp.t,
                 });
@@ -474,32 +586,24 @@ impl Evaluator<'_> {
         self.count_samples(inner.len())?;
         let val = self.eval(&sq.expr, inner)?;
         let mut series: Vec<Series> = Vec::new();
-        let mut index: HashMap<Labels, usize> = HashMap::new();
         let mut points = 0usize;
         match val {
             Val::Vector(vs) => {
+                let mut builder = SeriesBuilder::default();
                 for (i, v) in vs.into_iter().enumerate() {
                     let t = inner.ts(i);
+                    points += v.len();
                     for e in v {
-                        points += 1;
-                        let idx = *index.entry(e.labels.clone()).or_insert_with(|| {
-                            series.push(Series {
-                                labels: e.labels,
-                                samples: Vec::new(),
-                            });
-                            series.len() - 1
-                        });
-                        series[idx]
-                            .samples
-                            .push(tandem_tsdb::model::Sample { t, v: e.v });
+                        builder.push(&e.labels, Sample { t, v: e.v });
                     }
                 }
+                series = builder.into_series();
             }
             Val::Scalar(vs) => {
                 let samples: Vec<_> = vs
                     .into_iter()
                     .enumerate()
-                    .map(|(i, v)| tandem_tsdb::model::Sample { t: inner.ts(i), v })
+                    .map(|(i, v)| Sample { t: inner.ts(i), v })
                     .collect();
                 points += samples.len();
                 if !samples.is_empty() {

@@ -4,6 +4,7 @@
 //! work element by element on each step's vector.
 
 use std::f64::consts::PI;
+use std::sync::Arc;
 
 use promql_parser::parser::{Call, Expr};
 use tandem_tsdb::model::{METRIC_NAME, MatchOp, Sample};
@@ -11,8 +12,8 @@ use tandem_tsdb::model::{METRIC_NAME, MatchOp, Sample};
 use crate::aggregate::{kahan_inc, quantile};
 use crate::error::EvalError;
 use crate::eval::{
-    Elem, Evaluator, Labels, RangeArg, Steps, Val, Vector, check_unique_labels, drop_metric_name,
-    selector_matchers,
+    Elem, Evaluator, FastMap, Labels, Lbl, RangeArg, Relabel, Steps, Val, Vector, all_unique,
+    check_unique_labels, drop_metric_name, selector_matchers, without_metric_name,
 };
 
 fn arg(call: &Call, i: usize) -> Result<&Expr, EvalError> {
@@ -78,12 +79,13 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, call: &Call, steps: Steps) -> Result<
         }
         "vector" => {
             let s = ev.eval_scalar(arg(call, 0)?, steps, &ctx)?;
+            let empty = Lbl::default();
             Ok(Val::Vector(
                 s.into_iter()
                     .enumerate()
                     .map(|(i, v)| {
                         vec![Elem {
-                            labels: Labels::default(),
+                            labels: empty.clone(),
                             v,
                             t: steps.ts(i),
                         }]
@@ -158,6 +160,7 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, call: &Call, steps: Steps) -> Result<
                 ),
             };
             let mut out = Vec::with_capacity(n);
+            let mut relabel = Relabel::new(drop_metric_name);
             for (i, v) in v.into_iter().enumerate() {
                 if hi[i] < lo[i] {
                     out.push(Vec::new());
@@ -166,7 +169,7 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, call: &Call, steps: Steps) -> Result<
                 let step: Vector = v
                     .into_iter()
                     .map(|e| Elem {
-                        labels: drop_metric_name(&e.labels),
+                        labels: relabel.get(&e.labels),
                         v: lo[i].max(hi[i].min(e.v)),
                         t: e.t,
                     })
@@ -186,11 +189,12 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, call: &Call, steps: Steps) -> Result<
                 _ => ev.eval_vector(a, steps, &ctx)?,
             };
             let mut out = Vec::with_capacity(n);
+            let mut relabel = Relabel::new(drop_metric_name);
             for (i, v) in v.into_iter().enumerate() {
                 let step: Vector = v
                     .into_iter()
                     .map(|e| Elem {
-                        labels: drop_metric_name(&e.labels),
+                        labels: relabel.get(&e.labels),
                         v: if from_selector { e.t } else { steps.ts(i) } as f64 / 1000.0,
                         t: steps.ts(i),
                     })
@@ -247,7 +251,7 @@ pub(crate) fn eval(ev: &mut Evaluator<'_>, call: &Call, steps: Steps) -> Result<
         "absent" => {
             let a = unwrap_parens(arg(call, 0)?);
             let v = ev.eval_vector(a, steps, &ctx)?;
-            let labels = absent_labels(a)?;
+            let labels = Arc::new(absent_labels(a)?);
             Ok(Val::Vector(
                 v.into_iter()
                     .enumerate()
@@ -364,12 +368,13 @@ fn map_floats(
 
 fn map_steps(v: Vec<Vector>, f: impl Fn(usize, f64) -> Option<f64>) -> Result<Val, EvalError> {
     let mut out = Vec::with_capacity(v.len());
+    let mut relabel = Relabel::new(drop_metric_name);
     for (i, v) in v.into_iter().enumerate() {
         let step: Vector = v
             .into_iter()
             .filter_map(|e| {
                 f(i, e.v).map(|v| Elem {
-                    labels: drop_metric_name(&e.labels),
+                    labels: relabel.get(&e.labels),
                     v,
                     t: e.t,
                 })
@@ -445,12 +450,13 @@ fn date_function(
     name: &str,
 ) -> Result<Val, EvalError> {
     if call.args.args.is_empty() {
+        let empty = Lbl::default();
         return Ok(Val::Vector(
             steps
                 .iter()
                 .map(|t| {
                     vec![Elem {
-                        labels: Labels::default(),
+                        labels: empty.clone(),
                         v: date_part(name, t.div_euclid(1000) as f64),
                         t,
                     }]
@@ -509,15 +515,21 @@ fn label_replace(ev: &mut Evaluator<'_>, call: &Call, steps: Steps) -> Result<Va
     }
     let v = ev.eval_vector(arg(call, 0)?, steps, "call to function 'label_replace'")?;
     let mut out = Vec::with_capacity(v.len());
+    let mut relabel = Relabel::new(|l: &Lbl| {
+        let src_val = l.get(&src).unwrap_or("");
+        match re.captures(src_val) {
+            Some(caps) => {
+                let mut value = String::new();
+                caps.expand(&repl, &mut value);
+                Arc::new(l.with(&dst, &value))
+            }
+            None => l.clone(),
+        }
+    });
     for step in v {
         let mut res = Vec::with_capacity(step.len());
         for mut e in step {
-            let src_val = e.labels.get(&src).unwrap_or("");
-            if let Some(caps) = re.captures(src_val) {
-                let mut value = String::new();
-                caps.expand(&repl, &mut value);
-                e.labels = e.labels.with(&dst, &value);
-            }
+            e.labels = relabel.get(&e.labels);
             res.push(e);
         }
         check_unique_labels(&res)?;
@@ -545,15 +557,18 @@ fn label_join(ev: &mut Evaluator<'_>, call: &Call, steps: Steps) -> Result<Val, 
     }
     let v = ev.eval_vector(arg(call, 0)?, steps, "call to function 'label_join'")?;
     let mut out = Vec::with_capacity(v.len());
+    let mut relabel = Relabel::new(|l: &Lbl| {
+        let joined = srcs
+            .iter()
+            .map(|s| l.get(s).unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join(&sep);
+        Arc::new(l.with(&dst, &joined))
+    });
     for step in v {
         let mut res = Vec::with_capacity(step.len());
         for mut e in step {
-            let joined = srcs
-                .iter()
-                .map(|s| e.labels.get(s).unwrap_or(""))
-                .collect::<Vec<_>>()
-                .join(&sep);
-            e.labels = e.labels.with(&dst, &joined);
+            e.labels = relabel.get(&e.labels);
             res.push(e);
         }
         check_unique_labels(&res)?;
@@ -603,38 +618,72 @@ fn trim_zeros(d: &[u8]) -> &[u8] {
 // === classic histograms ===
 
 /// Groups each step's `_bucket` series by their labels without `le` and applies `f` to each
-/// group's buckets `(upper bound, cumulative count)`.
+/// group's buckets `(upper bound, cumulative count)`. Which histogram a series belongs to,
+/// and its bound, are worked out once per series (per label `Arc`), not once per step.
 fn classic_histogram(
     v: Vec<Vector>,
     f: impl Fn(usize, &mut Vec<(f64, f64)>) -> f64,
 ) -> Result<Val, EvalError> {
+    // Input labels' address -> (the input, kept alive; its histogram and bound, if any).
+    let mut series: FastMap<usize, (Lbl, Option<(usize, f64)>)> = FastMap::default();
+    // Labels without `le` -> histogram; each histogram's result labels.
+    let mut by_key: FastMap<Labels, usize> = FastMap::default();
+    let mut hist_labels: Vec<Lbl> = Vec::new();
+    // Per step: where each histogram sits in this step's groups (usize::MAX: absent).
+    let mut slot: Vec<usize> = Vec::new();
     let mut out = Vec::with_capacity(v.len());
     for (i, step) in v.into_iter().enumerate() {
-        // (output labels, buckets, timestamp) per histogram.
-        type Group = (Labels, Vec<(f64, f64)>, i64);
+        // (histogram, buckets, timestamp), in order of first appearance.
+        type Group = (usize, Vec<(f64, f64)>, i64);
         let mut groups: Vec<Group> = Vec::new();
-        let mut index: std::collections::HashMap<Labels, usize> = Default::default();
         for e in step {
-            let Some(le) = e.labels.get("le").and_then(parse_go_float) else {
+            let ptr = Arc::as_ptr(&e.labels) as usize;
+            let found = match series.get(&ptr) {
+                Some((_, found)) => *found,
+                None => {
+                    let found = e.labels.get("le").and_then(parse_go_float).map(|le| {
+                        let key = e.labels.without(&["le"]);
+                        let h = *by_key.entry(key).or_insert_with_key(|key| {
+                            hist_labels.push(Arc::new(without_metric_name(key)));
+                            hist_labels.len() - 1
+                        });
+                        (h, le)
+                    });
+                    series.insert(ptr, (e.labels.clone(), found));
+                    found
+                }
+            };
+            let Some((h, le)) = found else {
                 continue;
             };
-            let key = e.labels.without(&["le"]);
-            let gi = *index.entry(key.clone()).or_insert_with(|| {
-                groups.push((drop_metric_name(&key), Vec::new(), e.t));
-                groups.len() - 1
-            });
-            groups[gi].1.push((le, e.v));
+            if slot.len() <= h {
+                slot.resize(h + 1, usize::MAX);
+            }
+            if slot[h] == usize::MAX {
+                slot[h] = groups.len();
+                groups.push((h, Vec::new(), e.t));
+            }
+            groups[slot[h]].1.push((le, e.v));
         }
         let res: Vector = groups
             .into_iter()
-            .map(|(labels, mut buckets, t)| Elem {
-                labels,
-                v: f(i, &mut buckets),
-                t,
+            .map(|(h, mut buckets, t)| {
+                slot[h] = usize::MAX;
+                Elem {
+                    labels: hist_labels[h].clone(),
+                    v: f(i, &mut buckets),
+                    t,
+                }
             })
             .collect();
-        check_unique_labels(&res)?;
         out.push(res);
+    }
+    // Histograms differ in their labels but for the metric name, which the result drops:
+    // only then can two results of one step collide.
+    if !all_unique(hist_labels.iter().map(|l| &**l)) {
+        for res in &out {
+            check_unique_labels(res)?;
+        }
     }
     Ok(Val::Vector(out))
 }
@@ -670,7 +719,7 @@ fn histogram_quantiles(
             };
             let value = format_openmetrics_float(q);
             res.extend(one.pop().unwrap_or_default().into_iter().map(|e| Elem {
-                labels: e.labels.with(&label, &value),
+                labels: Arc::new(e.labels.with(&label, &value)),
                 ..e
             }));
         }
@@ -897,7 +946,7 @@ fn range_function(ev: &mut Evaluator<'_>, call: &Call, steps: Steps) -> Result<V
     let r = ev.eval_range(matrix_expr, steps, &ctx)?;
 
     if name == "absent_over_time" {
-        let labels = absent_labels(matrix_expr)?;
+        let labels = Arc::new(absent_labels(matrix_expr)?);
         let out = (0..n)
             .map(|i| {
                 let present = (0..r.series.len()).any(|s| !r.window(s, i).is_empty());
@@ -916,20 +965,33 @@ fn range_function(ev: &mut Evaluator<'_>, call: &Call, steps: Steps) -> Result<V
     }
 
     let keep_name = matches!(name, "last_over_time" | "first_over_time");
+    // Each series' result labels are built once and shared by all its points. When they
+    // are all different, no step can hold two equal label sets, and the per-step check
+    // (which hashes every point's labels) is skipped.
+    let labels: Vec<Lbl> = r
+        .series
+        .iter()
+        .map(|s| {
+            Arc::new(if keep_name {
+                s.labels.clone()
+            } else {
+                without_metric_name(&s.labels)
+            })
+        })
+        .collect();
+    let unique = all_unique(labels.iter().map(|l| &**l));
     let mut out: Vec<Vector> = (0..n).map(|_| Vec::new()).collect();
-    for s in 0..r.series.len() {
+    let mut params = vec![0.0; scalars.len()];
+    for (s, labels) in labels.iter().enumerate() {
         ev.check_deadline()?;
-        let labels = if keep_name {
-            r.series[s].labels.clone()
-        } else {
-            drop_metric_name(&r.series[s].labels)
-        };
         for (i, slot) in out.iter_mut().enumerate() {
             let w = r.window(s, i);
             if w.is_empty() {
                 continue;
             }
-            let params: Vec<f64> = scalars.iter().map(|p| p[i]).collect();
+            for (p, scalar) in params.iter_mut().zip(&scalars) {
+                *p = scalar[i];
+            }
             if let Some(v) = apply_range(name, w, &r, i, steps.ts(i), &params)? {
                 slot.push(Elem {
                     labels: labels.clone(),
@@ -939,8 +1001,10 @@ fn range_function(ev: &mut Evaluator<'_>, call: &Call, steps: Steps) -> Result<V
             }
         }
     }
-    for step in &out {
-        check_unique_labels(step)?;
+    if !unique {
+        for step in &out {
+            check_unique_labels(step)?;
+        }
     }
     Ok(Val::Vector(out))
 }
