@@ -1329,6 +1329,71 @@ mod http {
     }
 
     #[tokio::test]
+    async fn a_chunked_answer_sent_in_pieces_is_relayed_whole() {
+        // A keep-alive backend that sends a chunked body with a chunk extension and a
+        // trailer, a few bytes per write, so the proxy sees sizes, data and line ends split.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut read = [0u8; 1024];
+                    loop {
+                        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buffer.drain(..end + 4);
+                            let response: &[u8] =
+                                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                                5;note=x\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n";
+                            for piece in response.chunks(3) {
+                                stream.write_all(piece).await.unwrap();
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                        match stream.read(&mut read).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&read[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        let (proxy, addr, records) = http_proxy(test_config()).await;
+        proxy.set_weighted_backends(
+            "api",
+            vec![Backend {
+                addr: backend,
+                weight: 1,
+                revision: 1,
+                instance: "pieces".into(),
+            }],
+        );
+        let mut client = Client::connect(addr).await;
+        for _ in 0..5 {
+            let reply = client.get("/").await;
+            assert_eq!(
+                (reply.status, reply.body.as_str()),
+                (StatusCode::OK, "hello world")
+            );
+        }
+        // The body ended cleanly each time, so one backend connection served them all.
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        wait_until("every record", || records.all().len() == 5).await;
+        assert!(
+            records
+                .all()
+                .iter()
+                .all(|r| r.bytes_out == 11 && r.error.is_none())
+        );
+        task.abort();
+    }
+
+    #[tokio::test]
     async fn forwarding_headers_are_set() {
         let a = HttpBackend::start("A").await;
         let (proxy, addr, _) = http_proxy(test_config()).await;
