@@ -10,6 +10,13 @@ mod output;
 use clap::Parser;
 use std::process::ExitCode;
 
+// glibc's malloc keeps what a thread freed in that thread's arena: after a set of range
+// queries on tokio's blocking threads `tandem serve` held 642 MB it no longer used.
+// mimalloc returns freed pages to the system shortly after (`MADV_DONTNEED`), and is as
+// fast for the server's many small allocations.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     if let cli::Command::Shim { dir } = &cli.command {
