@@ -58,6 +58,9 @@ pub struct Monitoring {
     /// Prometheus remote-write endpoints every stored sample is also sent to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remote_write: Vec<RemoteWrite>,
+    /// `builtin_alerts = { ... }`: which built-in rule groups run, and the forecast horizon.
+    #[serde(default, skip_serializing_if = "BuiltinAlerts::is_default")]
+    pub builtin_alerts: BuiltinAlerts,
 }
 
 impl Default for Monitoring {
@@ -68,7 +71,48 @@ impl Default for Monitoring {
             retention: Dur::from_secs(15 * 86_400),
             max_bytes: None,
             remote_write: Vec::new(),
+            builtin_alerts: BuiltinAlerts::default(),
         }
+    }
+}
+
+/// `[monitoring] builtin_alerts`: each built-in rule family can be switched off; all are on
+/// by default. Left out of the rendered form while it is the default, so revisions stored
+/// before it existed keep their content hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuiltinAlerts {
+    pub crash_loop: bool,
+    pub oom_kills: bool,
+    pub memory_forecast: bool,
+    pub disk_forecast: bool,
+    pub fd_forecast: bool,
+    pub anomalies: bool,
+    pub slo: bool,
+    pub regression: bool,
+    /// Forecasts alert when the limit is reached sooner than this. Default 2h.
+    pub forecast_horizon: Dur,
+}
+
+impl Default for BuiltinAlerts {
+    fn default() -> Self {
+        BuiltinAlerts {
+            crash_loop: true,
+            oom_kills: true,
+            memory_forecast: true,
+            disk_forecast: true,
+            fd_forecast: true,
+            anomalies: true,
+            slo: true,
+            regression: true,
+            forecast_horizon: Dur::from_secs(2 * 3600),
+        }
+    }
+}
+
+impl BuiltinAlerts {
+    pub fn is_default(&self) -> bool {
+        *self == BuiltinAlerts::default()
     }
 }
 
@@ -134,6 +178,23 @@ pub struct Service {
     /// stream (`tcp`). Default `http` when the health check is an HTTP one, else `tcp`.
     #[serde(default)]
     pub protocol: Protocol,
+    /// Service-level objective; the built-in burn-rate alerts watch it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<Slo>,
+}
+
+/// `slo = { availability = 0.999, latency_p99 = "300ms", window = "30d" }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slo {
+    /// Share of requests that must not fail with a 5xx, in (0, 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability: Option<f64>,
+    /// 99 % of requests must take at most this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p99: Option<Dur>,
+    /// The period the objective is measured over. Default 30d.
+    pub window: Dur,
 }
 
 /// `protocol = "http" | "tcp"`.

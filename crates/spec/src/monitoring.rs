@@ -2,7 +2,7 @@
 //! environment overlay (`[env.NAME.monitoring]`) replaces the keys it names.
 
 use crate::check::{Field, Report};
-use crate::model::{Monitoring, RemoteWrite};
+use crate::model::{BuiltinAlerts, Monitoring, RemoteWrite};
 use crate::node::Entry;
 
 const MONITORING_KEYS: &[&str] = &[
@@ -11,6 +11,17 @@ const MONITORING_KEYS: &[&str] = &[
     "retention",
     "max_bytes",
     "remote_write",
+    "builtin_alerts",
+];
+const BUILTIN_ALERT_SWITCHES: &[&str] = &[
+    "crash_loop",
+    "oom_kills",
+    "memory_forecast",
+    "disk_forecast",
+    "fd_forecast",
+    "anomalies",
+    "slo",
+    "regression",
 ];
 const REMOTE_WRITE_KEYS: &[&str] = &["url", "timeout"];
 
@@ -53,6 +64,9 @@ pub(crate) fn read_monitoring(
     }
     if let Some(d) = duration(report, "retention", "retention = \"15d\"") {
         into.retention = d;
+    }
+    if let Some(e) = table.get("builtin_alerts") {
+        read_builtin_alerts(report, e, section, &mut into.builtin_alerts);
     }
     if let Some(e) = table.get("max_bytes") {
         into.max_bytes = report.parsed(e, &Field::new(section, "max_bytes = \"10GiB\""), "size");
@@ -128,5 +142,57 @@ pub(crate) fn read_monitoring(
             targets.push(target);
         }
         into.remote_write = targets;
+    }
+}
+
+/// `builtin_alerts = { crash_loop = false, forecast_horizon = "4h" }`: only the keys
+/// written change, so an overlay can switch one family off.
+fn read_builtin_alerts(
+    report: &mut Report<'_>,
+    entry: &Entry,
+    section: &str,
+    into: &mut BuiltinAlerts,
+) {
+    let item_section = format!("{}.builtin_alerts]", section.trim_end_matches(']'));
+    let Some(table) = report.table(
+        entry,
+        &Field::new(section, "builtin_alerts = { anomalies = false }"),
+    ) else {
+        return;
+    };
+    let mut known = BUILTIN_ALERT_SWITCHES.to_vec();
+    known.push("forecast_horizon");
+    report.unknown_keys(table, &item_section, &known);
+    for &key in BUILTIN_ALERT_SWITCHES {
+        let Some(e) = table.get(key) else { continue };
+        let example = format!("{key} = false");
+        let Some(on) = report.boolean(e, &Field::new(&item_section, &example)) else {
+            continue;
+        };
+        let slot = match key {
+            "crash_loop" => &mut into.crash_loop,
+            "oom_kills" => &mut into.oom_kills,
+            "memory_forecast" => &mut into.memory_forecast,
+            "disk_forecast" => &mut into.disk_forecast,
+            "fd_forecast" => &mut into.fd_forecast,
+            "anomalies" => &mut into.anomalies,
+            "slo" => &mut into.slo,
+            _ => &mut into.regression,
+        };
+        *slot = on;
+    }
+    if let Some(e) = table.get("forecast_horizon") {
+        let field = Field::new(&item_section, "forecast_horizon = \"2h\"");
+        if let Some(d) = report.parsed::<crate::units::Dur>(e, &field, "duration") {
+            if d.0 < std::time::Duration::from_secs(60) {
+                report.value_error(
+                    e.node.span.clone(),
+                    format!("'forecast_horizon' in {item_section} must be at least 1m, found '{d}'"),
+                    "give how long before a limit is reached the forecasts should warn, like forecast_horizon = \"2h\"",
+                );
+            } else {
+                into.forecast_horizon = d;
+            }
+        }
     }
 }

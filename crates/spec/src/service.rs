@@ -7,7 +7,9 @@
 
 use crate::check::{Field, Report, with_suggestion};
 use crate::interpolate;
-use crate::model::{Health, HealthCheck, Limits, Protocol, Release, RestartPolicy, Service, Stop};
+use crate::model::{
+    Health, HealthCheck, Limits, Protocol, Release, RestartPolicy, Service, Slo, Stop,
+};
 use crate::node::{Entry, Span, Table};
 use crate::units::{ByteSize, Cpu, Dur};
 use std::path::{Component, Path, PathBuf};
@@ -26,12 +28,14 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "metrics",
     "release",
     "protocol",
+    "slo",
 ];
 const HEALTH_KEYS: &[&str] = &[
     "http", "tcp", "exec", "interval", "timeout", "grace", "failures",
 ];
 pub(crate) const HEALTH_KINDS: &[&str] = &["http", "tcp", "exec"];
 const LIMIT_KEYS: &[&str] = &["memory", "cpu", "pids"];
+const SLO_KEYS: &[&str] = &["availability", "latency_p99", "window"];
 const STOP_KEYS: &[&str] = &["signal", "grace"];
 const STRATEGIES: &[&str] = &["recreate", "blue-green", "canary"];
 const RESTART_POLICIES: &[&str] = &["always", "on-failure", "never"];
@@ -82,6 +86,7 @@ pub(crate) fn read_service(
         metrics: None,
         release: None,
         protocol: Protocol::Tcp,
+        slo: None,
     };
     let Some(table) = report.table(
         entry,
@@ -221,7 +226,90 @@ pub(crate) fn read_service(
             ),
         }
     }
+    if let Some(slo) = table.get("slo") {
+        service.slo = read_slo(report, slo, section);
+    }
     (service, spans)
+}
+
+/// `slo = { availability = 0.999, latency_p99 = "300ms", window = "30d" }`: at least one
+/// objective; the window scales the built-in burn-rate alerts' windows (see
+/// `tandem_alert::builtin`), so it must be long enough to hold them.
+fn read_slo(report: &mut Report<'_>, entry: &Entry, service_section: &str) -> Option<Slo> {
+    let section = format!("{}.slo]", service_section.trim_end_matches(']'));
+    let example = "slo = { availability = 0.999, latency_p99 = \"300ms\", window = \"30d\" }";
+    let table = report.table(entry, &Field::new(service_section, example))?;
+    report.unknown_keys(table, &section, SLO_KEYS);
+    let mut slo = Slo {
+        availability: None,
+        latency_p99: None,
+        window: Dur::from_secs(30 * 86_400),
+    };
+    if let Some(availability) = table.get("availability")
+        && let Some(share) =
+            report.number(availability, &Field::new(&section, "availability = 0.999"))
+    {
+        if share > 0.0 && share < 1.0 {
+            slo.availability = Some(share);
+        } else {
+            let hint = if share > 1.0 && share < 100.0 {
+                format!(
+                    "write it as a share: {} for {share} %",
+                    (share * 1e8).round() / 1e10
+                )
+            } else {
+                "write the share of requests that must succeed, like 0.999 for 99.9 %".to_string()
+            };
+            report.value_error(
+                availability.node.span.clone(),
+                format!("'availability' in {section} must be between 0 and 1 (both excluded), found {share}"),
+                hint,
+            );
+        }
+    }
+    if let Some(latency) = table.get("latency_p99")
+        && let Some(d) = report.parsed::<Dur>(
+            latency,
+            &Field::new(&section, "latency_p99 = \"300ms\""),
+            "duration",
+        )
+    {
+        if d.0.is_zero() {
+            report.value_error(
+                latency.node.span.clone(),
+                format!("'latency_p99' in {section} must be more than 0"),
+                "write the time 99 % of requests must stay under, like latency_p99 = \"300ms\"",
+            );
+        } else {
+            slo.latency_p99 = Some(d);
+        }
+    }
+    if let Some(window) = table.get("window")
+        && let Some(d) = report.parsed::<Dur>(
+            window,
+            &Field::new(&section, "window = \"30d\""),
+            "duration",
+        )
+    {
+        if d.0 < std::time::Duration::from_secs(86_400) {
+            report.value_error(
+                window.node.span.clone(),
+                format!("'window' in {section} must be at least 1d, found '{d}'"),
+                "SLO windows are days or weeks long, like window = \"30d\" or \"7d\"",
+            );
+        } else {
+            slo.window = d;
+        }
+    }
+    // An overlay may change only the window, so this needs the merged table.
+    if !table.contains("availability") && !table.contains("latency_p99") {
+        report.context_error(
+            entry.node.span.clone(),
+            format!("{section} sets no objective"),
+            "add availability = 0.999, latency_p99 = \"300ms\", or both",
+        );
+    }
+    Some(slo)
 }
 
 /// Checks a command line: not empty, splits like a shell would, uses no shell operators,

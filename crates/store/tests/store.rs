@@ -31,6 +31,7 @@ fn system(replicas: u32) -> System {
         metrics: Some("/metrics".into()),
         release: None,
         protocol: Default::default(),
+        slo: None,
     };
     System {
         name: "shop".into(),
