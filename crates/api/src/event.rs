@@ -29,6 +29,10 @@ pub enum EventKind {
     Rollback,
     /// A batch of samples could not be delivered to a `[monitoring] remote_write` target.
     RemoteWriteFailed,
+    /// An alert notification reached a `[[receiver]]`.
+    NotificationSent,
+    /// An alert notification could not be delivered to a `[[receiver]]` after its retries.
+    NotificationFailed,
     /// An alert's condition started to hold (it fires once it held for `for`).
     AlertPending,
     AlertFiring,
@@ -66,6 +70,8 @@ impl EventKind {
             EventKind::AlertResolved => "alert-resolved",
             EventKind::RuleError => "rule-error",
             EventKind::RemoteWriteFailed => "remote-write-failed",
+            EventKind::NotificationSent => "notification-sent",
+            EventKind::NotificationFailed => "notification-failed",
             EventKind::Note => "note",
         }
     }
@@ -97,6 +103,8 @@ pub const ALL_EVENT_KINDS: &[EventKind] = &[
     EventKind::DeployRolledBack,
     EventKind::Rollback,
     EventKind::RemoteWriteFailed,
+    EventKind::NotificationSent,
+    EventKind::NotificationFailed,
     EventKind::AlertPending,
     EventKind::AlertFiring,
     EventKind::AlertResolved,

@@ -184,6 +184,8 @@ fn apply_live_settings(state: &AppState) {
                 .map(std::path::Path::to_path_buf)
                 .unwrap_or_default();
             state.rules.load(&live.system, &base);
+            let url = format!("http://{}", state.info.listen);
+            state.rules.notifier.load(&live.system, &url);
         }
         Ok(None) => {}
         Err(e) => tracing::warn!("cannot read the live revision's settings: {e}"),

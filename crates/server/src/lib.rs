@@ -15,6 +15,7 @@ pub mod files;
 mod logs;
 mod metrics;
 mod monitor;
+mod notify;
 mod promapi;
 mod recorder;
 mod remote_write;
@@ -174,6 +175,9 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
             .map(std::path::Path::to_path_buf)
             .unwrap_or_default();
         rule_engine.load(&live.system, &base);
+        rule_engine
+            .notifier
+            .load(&live.system, &format!("http://{listen_addr}"));
     }
     let state = Arc::new(AppState {
         engine: engine.clone(),

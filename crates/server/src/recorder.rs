@@ -38,6 +38,7 @@ impl EventSink for Recorder {
             | EventKind::ApplyFailed
             | EventKind::LimitsUnavailable
             | EventKind::RemoteWriteFailed
+            | EventKind::NotificationFailed
             | EventKind::DeployRolledBack => {
                 tracing::warn!(kind = event.kind.as_str(), "{}", event.message)
             }

@@ -6,9 +6,13 @@
 //!
 //! A revision whose rules do not load keeps the rules already running, and says why on the
 //! timeline.
+//!
+//! After each evaluation the group's firing and recently resolved alerts go to the
+//! [`Notifier`], which owns delivery; evaluation never waits for it.
 
 use crate::monitor::Monitor;
-use std::collections::BTreeMap;
+use crate::notify::{Notifier, Observed};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +36,8 @@ pub(crate) struct Rules {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The definitions now running, to leave them alone when a deploy does not change them.
     running: Mutex<Vec<RuleGroup>>,
+    /// Where alerts are sent (the live revision's receivers; see `notify.rs`).
+    pub(crate) notifier: Arc<Notifier>,
 }
 
 impl Rules {
@@ -44,11 +50,12 @@ impl Rules {
         Arc::new(Rules {
             env: env.to_string(),
             monitor,
-            sink,
+            sink: sink.clone(),
             state_dir: data_dir.join("alerts"),
             loaded: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
             running: Mutex::new(Vec::new()),
+            notifier: Notifier::new(env, sink.clone()),
         })
     }
 
@@ -112,7 +119,9 @@ impl Rules {
         }
         *self.loaded.lock().expect("rules lock") = loaded;
         *self.tasks.lock().expect("rules lock") = tasks;
+        let sources: BTreeSet<String> = groups.iter().map(source_key).collect();
         *self.running.lock().expect("rules lock") = groups;
+        self.notifier.retain_sources(&sources);
     }
 
     fn state_file(&self, group: &RuleGroup) -> PathBuf {
@@ -155,6 +164,12 @@ impl Rules {
                 let output = work.group.eval(&ctx, t, &mut state);
                 let snapshot = state.clone();
                 drop(state);
+                rules.notifier.observe(
+                    &source_key(&work.group),
+                    &notifiable(&work.group, &snapshot),
+                    t,
+                    work.group.interval,
+                );
                 if !output.samples.is_empty() {
                     let _ = rules.monitor.store(&output.samples);
                 }
@@ -221,4 +236,44 @@ impl Rules {
             message,
         });
     }
+}
+
+/// Names a rule group for the notifier: alerts are tracked per group.
+fn source_key(group: &RuleGroup) -> String {
+    format!("{}--{}", group.file, group.name)
+}
+
+/// The alerts of a group that notifiers hear of: firing ones, and resolved ones that fired
+/// (kept by the rules for 15 minutes), as Prometheus sends them. Pending alerts are not
+/// notified.
+fn notifiable(group: &RuleGroup, state: &GroupState) -> Vec<Observed> {
+    let mut out = Vec::new();
+    for (rule, rule_state) in group.rules.iter().zip(&state.rules) {
+        for alert in &rule_state.alerts {
+            let resolved = match (alert.state, alert.fired_at_ms, alert.resolved_at_ms) {
+                (AlertState::Firing, _, _) => None,
+                (AlertState::Inactive, Some(_), Some(at)) => Some(at),
+                _ => continue,
+            };
+            out.push(Observed {
+                labels: alert.labels.clone(),
+                annotations: alert.annotations.clone(),
+                starts_at_ms: alert.fired_at_ms.unwrap_or(alert.active_at_ms),
+                resolved_at_ms: resolved,
+                generator_url: format!("/api/v1/query?query={}", percent_encode(&rule.expr)),
+            });
+        }
+    }
+    out
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -127,6 +127,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         );
     }
     remote_write(&mut out, &state.monitor.remote_stats());
+    notifications(&mut out, &state.rules.notifier.counts());
     family(
         &mut out,
         "tandem_deploy_in_progress",
@@ -192,6 +193,23 @@ fn remote_write(out: &mut String, targets: &[crate::remote_write::TargetStats]) 
         for t in targets {
             let _ = writeln!(out, "{name}{{url=\"{}\"}} {}", escape(&t.url), value(t));
         }
+    }
+}
+
+/// Alert notifications per receiver and outcome (`sent`, `failed`, `dropped`).
+fn notifications(out: &mut String, counts: &BTreeMap<(String, &'static str), u64>) {
+    family(
+        out,
+        "tandem_notifications_total",
+        "counter",
+        "Alert notifications per receiver: sent, failed after retries, or dropped from a full queue.",
+    );
+    for ((receiver, outcome), n) in counts {
+        let _ = writeln!(
+            out,
+            "tandem_notifications_total{{receiver=\"{}\",outcome=\"{outcome}\"}} {n}",
+            escape(receiver)
+        );
     }
 }
 

@@ -275,13 +275,16 @@ pub(crate) fn read_routes(
     routes
 }
 
+/// Receivers and routes as read from one table, with their spans.
+pub(crate) type NotifyLists = (Vec<(Receiver, Span)>, Vec<(Route, Span)>);
+
 /// Merges an environment's receivers and routes onto the base's (see the module comment)
 /// and checks the whole: receiver names unique within each list, every route naming a
 /// declared receiver.
 pub(crate) fn merge_and_check(
     report: &mut Report<'_>,
-    base: (Vec<(Receiver, Span)>, Vec<(Route, Span)>),
-    overlay: (Vec<(Receiver, Span)>, Vec<(Route, Span)>),
+    base: NotifyLists,
+    overlay: NotifyLists,
 ) -> (Vec<Receiver>, Vec<Route>) {
     check_unique(report, &base.0);
     check_unique(report, &overlay.0);

@@ -1,0 +1,964 @@
+//! Alert notifications: the live revision's `[[receiver]]`s and `[[route]]`s, fed by every
+//! rule group evaluation (`rules.rs` calls [`Notifier::observe`] with the group's firing and
+//! recently resolved alerts).
+//!
+//! Each receiver has its own state and its own task, so a receiver that is slow or down
+//! delays only itself: `observe` only updates in-memory state and wakes the task, and
+//! evaluation never waits for a delivery.
+//!
+//! - A webhook receiver groups alerts the way an Alertmanager route with
+//!   `group_by = [alertname, service, env]` does: the first notification of a new group
+//!   after `group_wait`, then at most one every `group_interval`, sent only when the group
+//!   changed (an alert started firing or resolved) or `repeat_interval` passed since the
+//!   last one while something still fires (Alertmanager's `DedupStage` rule). Resolved
+//!   alerts leave the group once their resolution was delivered.
+//! - An Alertmanager receiver gets what Prometheus sends: every firing alert on its first
+//!   evaluation and again every minute (its `--rules.alert.resend-delay`), with `endsAt`
+//!   four evaluation intervals (at least four minutes) ahead, and every resolved alert with
+//!   `endsAt` at its resolution, resent every minute while the rules keep it (15 minutes).
+//!   Alertmanager does its own grouping, silencing and routing.
+//!
+//! Deliveries are retried with exponential backoff and jitter. Every notification
+//! delivered or given up is a timeline event and is counted for `/metrics`
+//! (`tandem_notifications_total{receiver, outcome}`); the Alertmanager refreshes of alerts
+//! it already knows are counted but not put on the timeline (one a minute per alert would
+//! bury everything else), and failures to an Alertmanager are reported at most once a
+//! minute.
+
+mod payload;
+
+pub(crate) use payload::Observed;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::Uri;
+use hyper::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use payload::{GroupNotification, Labels, PostableAlert, label_text};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tandem_api::{Event, EventKind, EventSink, now_ms};
+use tandem_spec::{Receiver, Route, System, WebhookFormat};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The labels a webhook receiver groups by.
+pub(crate) const GROUP_BY: [&str; 3] = ["alertname", "service", "env"];
+/// How much of an error answer's body goes into the event.
+const MAX_ERROR_BODY: usize = 512;
+
+/// Delivery and Alertmanager settings; [`Policy::default`] is what the server uses, tests
+/// shrink it.
+#[derive(Clone, Debug)]
+struct Policy {
+    /// Tries of one notification, the first included.
+    max_attempts: u32,
+    min_backoff: Duration,
+    max_backoff: Duration,
+    /// Time one request may take.
+    timeout: Duration,
+    /// Prometheus's `--rules.alert.resend-delay`: how often Alertmanager hears again of an
+    /// alert it already has.
+    resend_delay: Duration,
+    /// Alerts per `POST /api/v2/alerts` (Prometheus's `maxBatchSize`).
+    batch: usize,
+    /// Alerts an Alertmanager receiver holds while it cannot deliver; beyond it the oldest
+    /// are dropped (and counted). Prometheus's default queue capacity.
+    capacity: usize,
+    /// At most one failure event per Alertmanager receiver per this interval.
+    event_interval: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            // 0.5 + 1 + 2 s of backoff, then the next group_interval (webhook) or the
+            // next evaluation (Alertmanager) tries again with fresh state.
+            max_attempts: 4,
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+            timeout: Duration::from_secs(10),
+            resend_delay: Duration::from_secs(60),
+            batch: 64,
+            capacity: 10_000,
+            event_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Notifications of one environment.
+pub(crate) struct Notifier {
+    env: String,
+    sink: Arc<dyn EventSink>,
+    policy: Policy,
+    transport: Transport,
+    counts: Arc<Mutex<BTreeMap<(String, &'static str), u64>>>,
+    config: Mutex<Config>,
+}
+
+#[derive(Default)]
+struct Config {
+    routes: Vec<Route>,
+    receivers: Vec<Arc<Worker>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    external_url: String,
+    /// The rule groups heard from, so alerts of a group that went away resolve.
+    sources: BTreeSet<String>,
+}
+
+// === impl Notifier ===
+
+impl Notifier {
+    pub(crate) fn new(env: &str, sink: Arc<dyn EventSink>) -> Arc<Notifier> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Notifier::with(
+            env,
+            sink,
+            Policy::default(),
+            Transport::Http(Box::new(
+                Client::builder(TokioExecutor::new()).build(connector),
+            )),
+        )
+    }
+
+    fn with(
+        env: &str,
+        sink: Arc<dyn EventSink>,
+        policy: Policy,
+        transport: Transport,
+    ) -> Arc<Notifier> {
+        Arc::new(Notifier {
+            env: env.to_string(),
+            sink,
+            policy,
+            transport,
+            counts: Arc::default(),
+            config: Mutex::default(),
+        })
+    }
+
+    /// Takes `system`'s receivers and routes. A receiver whose settings did not change
+    /// keeps its state (groups, what was sent when); the others start afresh.
+    /// `external_url` is the server's HTTP address, for links in notifications.
+    pub(crate) fn load(&self, system: &System, external_url: &str) {
+        let mut config = self.config.lock().expect("notifier lock");
+        config.routes = system.route.clone();
+        config.external_url = external_url.to_string();
+        let mut kept = Vec::new();
+        let mut tasks = Vec::new();
+        let old_tasks = std::mem::take(&mut config.tasks);
+        let old: Vec<(Arc<Worker>, tokio::task::JoinHandle<()>)> =
+            std::mem::take(&mut config.receivers)
+                .into_iter()
+                .zip(old_tasks)
+                .collect();
+        let mut old: Vec<Option<(Arc<Worker>, tokio::task::JoinHandle<()>)>> =
+            old.into_iter().map(Some).collect();
+        for spec in &system.receiver {
+            let reuse = old
+                .iter_mut()
+                .find(|o| o.as_ref().is_some_and(|(w, _)| w.spec == *spec))
+                .and_then(Option::take);
+            let (worker, task) = match reuse {
+                Some(pair) => pair,
+                None => {
+                    let worker = Arc::new(Worker::new(spec.clone(), external_url));
+                    let task = tokio::spawn(worker.clone().run(self.delivery()));
+                    (worker, task)
+                }
+            };
+            kept.push(worker);
+            tasks.push(task);
+        }
+        for (_, task) in old.into_iter().flatten() {
+            task.abort();
+        }
+        config.receivers = kept;
+        config.tasks = tasks;
+    }
+
+    fn delivery(&self) -> Delivery {
+        Delivery {
+            env: self.env.clone(),
+            sink: self.sink.clone(),
+            policy: self.policy.clone(),
+            transport: self.transport.clone(),
+            counts: self.counts.clone(),
+        }
+    }
+
+    /// One evaluation of the rule group `source` at `now_ms` (every `interval`): `alerts`
+    /// are its firing and recently resolved alerts. Alerts of `source` seen before and
+    /// missing now count as resolved now.
+    pub(crate) fn observe(
+        &self,
+        source: &str,
+        alerts: &[Observed],
+        now_ms: i64,
+        interval: Duration,
+    ) {
+        let mut config = self.config.lock().expect("notifier lock");
+        config.sources.insert(source.to_string());
+        let routes = config.routes.clone();
+        let specs: Vec<Receiver> = config.receivers.iter().map(|w| w.spec.clone()).collect();
+        // Links come relative to the server's HTTP address.
+        let alerts: Vec<Observed> = alerts
+            .iter()
+            .map(|a| {
+                let mut a = a.clone();
+                if a.generator_url.starts_with('/') {
+                    a.generator_url = format!("{}{}", config.external_url, a.generator_url);
+                }
+                a
+            })
+            .collect();
+        let mut per_receiver: Vec<Vec<&Observed>> = vec![Vec::new(); specs.len()];
+        for alert in &alerts {
+            for name in tandem_spec::route_alert(&specs, &routes, &alert.labels) {
+                if let Some(i) = specs.iter().position(|s| s.name == name) {
+                    per_receiver[i].push(alert);
+                }
+            }
+        }
+        for (worker, alerts) in config.receivers.iter().zip(per_receiver) {
+            worker.observe(source, &alerts, now_ms, interval, &self.policy);
+        }
+    }
+
+    /// Rule groups that no longer exist: their alerts resolve.
+    pub(crate) fn retain_sources(&self, sources: &BTreeSet<String>) {
+        let gone: Vec<String> = {
+            let config = self.config.lock().expect("notifier lock");
+            config.sources.difference(sources).cloned().collect()
+        };
+        for source in gone {
+            self.observe(&source, &[], now_ms(), Duration::from_secs(60));
+            self.config
+                .lock()
+                .expect("notifier lock")
+                .sources
+                .remove(&source);
+        }
+    }
+
+    /// Notifications per receiver and outcome (`sent`, `failed`, `dropped`).
+    pub(crate) fn counts(&self) -> BTreeMap<(String, &'static str), u64> {
+        self.counts.lock().expect("counts lock").clone()
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        if let Ok(config) = self.config.lock() {
+            for task in &config.tasks {
+                task.abort();
+            }
+        }
+    }
+}
+
+// === impl Worker ===
+
+/// One receiver: its settings, its state, and the wake-up of its task.
+struct Worker {
+    spec: Receiver,
+    url: Result<Uri, String>,
+    external_url: String,
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+enum State {
+    Webhook {
+        groups: BTreeMap<Labels, Group>,
+    },
+    Alertmanager {
+        queue: VecDeque<Queued>,
+        /// When each alert was last queued, and whether it was resolved then.
+        last_sent: HashMap<Labels, (i64, bool)>,
+        /// The alerts each rule group had at its last evaluation.
+        seen: HashMap<String, BTreeSet<Labels>>,
+        dropped: u64,
+    },
+}
+
+/// An alert queued for an Alertmanager; `news` when Alertmanager does not know it in this
+/// state yet (a first firing, or a resolution), as opposed to a refresh.
+struct Queued {
+    alert: PostableAlert,
+    news: bool,
+    resolved: bool,
+}
+
+/// One webhook group: alerts with the same `GROUP_BY` labels.
+#[derive(Debug)]
+struct Group {
+    alerts: BTreeMap<Labels, (String, Observed)>,
+    next_flush: Instant,
+    notified_firing: BTreeSet<Labels>,
+    notified_resolved: BTreeSet<Labels>,
+    last_notified: Option<Instant>,
+}
+
+/// A group's notification, taken when it is due.
+#[derive(Debug)]
+struct Due {
+    key: Labels,
+    firing: Vec<Observed>,
+    resolved: Vec<Observed>,
+}
+
+/// The `GROUP_BY` labels an alert has.
+fn group_key(labels: &Labels) -> Labels {
+    GROUP_BY
+        .iter()
+        .filter_map(|k| labels.get(*k).map(|v| (k.to_string(), v.clone())))
+        .collect()
+}
+
+fn dur(d: Option<tandem_spec::units::Dur>, default: tandem_spec::units::Dur) -> Duration {
+    d.unwrap_or(default).0
+}
+
+impl Worker {
+    fn new(spec: Receiver, external_url: &str) -> Worker {
+        let (url, state) = match (&spec.webhook, &spec.alertmanager) {
+            (Some(url), _) => (
+                parse_url(url),
+                State::Webhook {
+                    groups: BTreeMap::new(),
+                },
+            ),
+            (None, Some(url)) => (
+                parse_url(&format!("{}/api/v2/alerts", url.trim_end_matches('/'))),
+                State::Alertmanager {
+                    queue: VecDeque::new(),
+                    last_sent: HashMap::new(),
+                    seen: HashMap::new(),
+                    dropped: 0,
+                },
+            ),
+            (None, None) => (
+                Err("it has neither a webhook nor an alertmanager URL".to_string()),
+                State::Webhook {
+                    groups: BTreeMap::new(),
+                },
+            ),
+        };
+        Worker {
+            spec,
+            url,
+            external_url: external_url.to_string(),
+            state: Mutex::new(state),
+            wake: Notify::new(),
+        }
+    }
+
+    fn group_wait(&self) -> Duration {
+        dur(self.spec.group_wait, tandem_spec::DEFAULT_GROUP_WAIT)
+    }
+    fn group_interval(&self) -> Duration {
+        dur(
+            self.spec.group_interval,
+            tandem_spec::DEFAULT_GROUP_INTERVAL,
+        )
+    }
+    fn repeat_interval(&self) -> Duration {
+        dur(
+            self.spec.repeat_interval,
+            tandem_spec::DEFAULT_REPEAT_INTERVAL,
+        )
+    }
+
+    fn observe(
+        &self,
+        source: &str,
+        alerts: &[&Observed],
+        now_ms: i64,
+        interval: Duration,
+        policy: &Policy,
+    ) {
+        let mut state = self.state.lock().expect("receiver lock");
+        match &mut *state {
+            State::Webhook { groups } => {
+                let now = Instant::now();
+                let present: BTreeSet<&Labels> = alerts.iter().map(|a| &a.labels).collect();
+                for alert in alerts {
+                    let key = group_key(&alert.labels);
+                    let group = match groups.get_mut(&key) {
+                        Some(group) => group,
+                        // A resolution of an alert no group holds is old news.
+                        None if !alert.firing() => continue,
+                        None => groups.entry(key).or_insert_with(|| Group {
+                            alerts: BTreeMap::new(),
+                            next_flush: now + self.group_wait(),
+                            notified_firing: BTreeSet::new(),
+                            notified_resolved: BTreeSet::new(),
+                            last_notified: None,
+                        }),
+                    };
+                    let known = group.alerts.contains_key(&alert.labels);
+                    if known || alert.firing() {
+                        group
+                            .alerts
+                            .insert(alert.labels.clone(), (source.to_string(), (*alert).clone()));
+                    }
+                }
+                // Alerts of this rule group that are gone altogether resolved now.
+                for group in groups.values_mut() {
+                    for (from, alert) in group.alerts.values_mut() {
+                        if from == source && alert.firing() && !present.contains(&alert.labels) {
+                            alert.resolved_at_ms = Some(now_ms);
+                        }
+                    }
+                }
+            }
+            State::Alertmanager {
+                queue,
+                last_sent,
+                seen,
+                dropped,
+            } => {
+                let resend_ms = policy.resend_delay.as_millis() as i64;
+                let valid_ms = 4 * (interval.as_millis() as i64).max(resend_ms);
+                let mut now_seen = BTreeSet::new();
+                let mut out = Vec::new();
+                for alert in alerts {
+                    now_seen.insert(alert.labels.clone());
+                    let resolved = !alert.firing();
+                    let due = match last_sent.get(&alert.labels) {
+                        None => true,
+                        Some((at, was_resolved)) => {
+                            (resolved && !was_resolved) || at + resend_ms <= now_ms
+                        }
+                    };
+                    if due {
+                        let news = last_sent
+                            .get(&alert.labels)
+                            .is_none_or(|(_, was_resolved)| *was_resolved != resolved);
+                        last_sent.insert(alert.labels.clone(), (now_ms, resolved));
+                        out.push(Queued {
+                            alert: PostableAlert::new(alert, now_ms + valid_ms),
+                            news,
+                            resolved,
+                        });
+                    }
+                }
+                // Alerts of this group that vanished without a resolution (rules
+                // reloaded): tell Alertmanager they ended.
+                for labels in seen.get(source).into_iter().flatten() {
+                    if now_seen.contains(labels) {
+                        continue;
+                    }
+                    if let Some((_, false)) = last_sent.remove(labels) {
+                        let gone = Observed {
+                            labels: labels.clone(),
+                            annotations: Labels::new(),
+                            starts_at_ms: now_ms,
+                            resolved_at_ms: Some(now_ms),
+                            generator_url: String::new(),
+                        };
+                        out.push(Queued {
+                            alert: PostableAlert::new(&gone, now_ms),
+                            news: true,
+                            resolved: true,
+                        });
+                    }
+                }
+                seen.insert(source.to_string(), now_seen);
+                for queued in out {
+                    if queue.len() >= policy.capacity {
+                        queue.pop_front();
+                        *dropped += 1;
+                    }
+                    queue.push_back(queued);
+                }
+            }
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Webhook groups whose flush time came: the notifications they need (Alertmanager's
+    /// rule: something new fires, something new resolved, everything resolved after a
+    /// firing notification, or `repeat_interval` passed). Every due group's next flush is
+    /// set a `group_interval` ahead. Returns the notifications and the next flush time.
+    fn take_due(&self, now: Instant) -> (Vec<Due>, Option<Instant>) {
+        let mut state = self.state.lock().expect("receiver lock");
+        let State::Webhook { groups } = &mut *state else {
+            return (Vec::new(), None);
+        };
+        let mut due = Vec::new();
+        for (key, group) in groups.iter_mut() {
+            if group.next_flush > now {
+                continue;
+            }
+            group.next_flush = now + self.group_interval();
+            let firing: BTreeSet<&Labels> = group
+                .alerts
+                .values()
+                .filter(|(_, a)| a.firing())
+                .map(|(_, a)| &a.labels)
+                .collect();
+            let resolved: BTreeSet<&Labels> = group
+                .alerts
+                .values()
+                .filter(|(_, a)| !a.firing())
+                .map(|(_, a)| &a.labels)
+                .collect();
+            let needed = match group.last_notified {
+                None => !firing.is_empty(),
+                Some(at) => {
+                    if !firing.iter().all(|l| group.notified_firing.contains(*l)) {
+                        true
+                    } else if firing.is_empty() {
+                        !group.notified_firing.is_empty()
+                    } else if !resolved
+                        .iter()
+                        .all(|l| group.notified_resolved.contains(*l))
+                    {
+                        true
+                    } else {
+                        at + self.repeat_interval() <= now
+                    }
+                }
+            };
+            if needed {
+                let (firing, resolved): (Vec<Observed>, Vec<Observed>) = group
+                    .alerts
+                    .values()
+                    .map(|(_, a)| a.clone())
+                    .partition(Observed::firing);
+                due.push(Due {
+                    key: key.clone(),
+                    firing,
+                    resolved,
+                });
+            } else if firing.is_empty() {
+                // Nothing to say and nothing firing: resolutions nobody was told of the
+                // firing of are dropped with the group.
+                group.alerts.clear();
+            }
+        }
+        groups.retain(|_, g| !g.alerts.is_empty());
+        let next = groups.values().map(|g| g.next_flush).min();
+        (due, next)
+    }
+
+    /// Records a delivered webhook notification: what it said, and the resolved alerts it
+    /// carried leave the group (unless they fire again meanwhile).
+    fn delivered(&self, due: &Due, at: Instant) {
+        let mut state = self.state.lock().expect("receiver lock");
+        let State::Webhook { groups } = &mut *state else {
+            return;
+        };
+        let Some(group) = groups.get_mut(&due.key) else {
+            return;
+        };
+        group.last_notified = Some(at);
+        group.notified_firing = due.firing.iter().map(|a| a.labels.clone()).collect();
+        group.notified_resolved = due.resolved.iter().map(|a| a.labels.clone()).collect();
+        for sent in &due.resolved {
+            if group
+                .alerts
+                .get(&sent.labels)
+                .is_some_and(|(_, a)| !a.firing())
+            {
+                group.alerts.remove(&sent.labels);
+            }
+        }
+        if group.alerts.is_empty() {
+            groups.remove(&due.key);
+        }
+    }
+
+    /// Up to `max` queued Alertmanager alerts, and how many were dropped since last time.
+    fn take_queued(&self, max: usize) -> (Vec<Queued>, u64) {
+        let mut state = self.state.lock().expect("receiver lock");
+        let State::Alertmanager { queue, dropped, .. } = &mut *state else {
+            return (Vec::new(), 0);
+        };
+        let n = queue.len().min(max);
+        (queue.drain(..n).collect(), std::mem::take(dropped))
+    }
+
+    fn queued(&self) -> usize {
+        match &*self.state.lock().expect("receiver lock") {
+            State::Alertmanager { queue, .. } => queue.len(),
+            State::Webhook { .. } => 0,
+        }
+    }
+
+    async fn run(self: Arc<Self>, delivery: Delivery) {
+        let mut reporter = FailureReporter::default();
+        loop {
+            let next = if self.spec.alertmanager.is_some() {
+                let (batch, dropped) = self.take_queued(delivery.policy.batch);
+                if dropped > 0 {
+                    delivery.count(&self.spec.name, "dropped", dropped);
+                    delivery.emit(
+                        EventKind::NotificationFailed,
+                        None,
+                        format!(
+                            "{dropped} alerts for receiver '{}' were dropped: its queue was full while its Alertmanager could not be reached",
+                            self.spec.name
+                        ),
+                    );
+                }
+                if !batch.is_empty() {
+                    self.send_alertmanager(&delivery, batch, &mut reporter)
+                        .await;
+                }
+                if self.queued() > 0 {
+                    Some(Instant::now())
+                } else {
+                    None
+                }
+            } else {
+                let now = Instant::now();
+                let (due, next) = self.take_due(now);
+                for notification in &due {
+                    self.send_webhook(&delivery, notification).await;
+                }
+                if due.is_empty() {
+                    next
+                } else {
+                    Some(Instant::now())
+                }
+            };
+            match next {
+                Some(at) if at <= Instant::now() => continue,
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = self.wake.notified() => {}
+                    }
+                }
+                None => self.wake.notified().await,
+            }
+        }
+    }
+
+    async fn send_webhook(&self, delivery: &Delivery, due: &Due) {
+        let format = self.spec.format.unwrap_or_default();
+        let notification = GroupNotification {
+            receiver: &self.spec.name,
+            group_labels: &due.key,
+            firing: due.firing.iter().collect(),
+            resolved: due.resolved.iter().collect(),
+            external_url: &self.external_url,
+        };
+        let body = match format {
+            WebhookFormat::Json => notification.json(),
+            WebhookFormat::Slack => notification.slack(),
+        };
+        let what = format!(
+            "{} ({} firing, {} resolved)",
+            label_text(&due.key),
+            due.firing.len(),
+            due.resolved.len()
+        );
+        let service = due.key.get("service").cloned();
+        match delivery.send(&self.url, &body).await {
+            Ok(()) => {
+                self.delivered(due, Instant::now());
+                delivery.count(&self.spec.name, "sent", 1);
+                delivery.emit(
+                    EventKind::NotificationSent,
+                    service,
+                    format!("receiver '{}' notified of {what}", self.spec.name),
+                );
+            }
+            Err(failure) => {
+                delivery.count(&self.spec.name, "failed", 1);
+                delivery.emit(
+                    EventKind::NotificationFailed,
+                    service,
+                    format!(
+                        "receiver '{}' was not notified of {what}: {failure}; tried again in {}",
+                        self.spec.name,
+                        humantime::format_duration(self.group_interval())
+                    ),
+                );
+            }
+        }
+    }
+
+    async fn send_alertmanager(
+        &self,
+        delivery: &Delivery,
+        batch: Vec<Queued>,
+        reporter: &mut FailureReporter,
+    ) {
+        let news: Vec<&Queued> = batch.iter().filter(|q| q.news).collect();
+        let body = serde_json::to_value(batch.iter().map(|q| &q.alert).collect::<Vec<_>>())
+            .unwrap_or_default();
+        match delivery.send(&self.url, &body).await {
+            Ok(()) => {
+                delivery.count(&self.spec.name, "sent", 1);
+                for q in news {
+                    let state = if q.resolved { "resolved" } else { "firing" };
+                    delivery.emit(
+                        EventKind::NotificationSent,
+                        q.alert.labels.get("service").cloned(),
+                        format!(
+                            "receiver '{}' (Alertmanager) told {} {}",
+                            self.spec.name,
+                            label_text(&q.alert.labels),
+                            state
+                        ),
+                    );
+                }
+            }
+            Err(failure) => {
+                delivery.count(&self.spec.name, "failed", 1);
+                if let Some(message) = reporter.failed(
+                    &self.spec.name,
+                    &failure,
+                    batch.len(),
+                    delivery.policy.event_interval,
+                ) {
+                    delivery.emit(EventKind::NotificationFailed, None, message);
+                }
+                // Prometheus drops a batch it could not deliver; the next evaluations
+                // resend what still fires (its resend delay) and resolved alerts are
+                // resent while the rules keep them.
+            }
+        }
+    }
+}
+
+/// At most one failure event per interval for an Alertmanager receiver, counting the
+/// failures between (a dead Alertmanager fails once per evaluation).
+#[derive(Debug, Default)]
+struct FailureReporter {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl FailureReporter {
+    fn failed(
+        &mut self,
+        receiver: &str,
+        failure: &Failure,
+        alerts: usize,
+        interval: Duration,
+    ) -> Option<String> {
+        self.since += 1;
+        let now = Instant::now();
+        if self.last.is_some_and(|at| now < at + interval) {
+            return None;
+        }
+        self.last = Some(now);
+        let more = std::mem::take(&mut self.since) - 1;
+        let also = if more > 0 {
+            format!(" ({more} more failed sends since the last report)")
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "receiver '{receiver}' (Alertmanager) did not get {alerts} alerts: {failure}{also}; alerts still firing are sent again with the next evaluations"
+        ))
+    }
+}
+
+// === impl Delivery ===
+
+/// What a receiver's task sends with and reports to.
+#[derive(Clone)]
+struct Delivery {
+    env: String,
+    sink: Arc<dyn EventSink>,
+    policy: Policy,
+    transport: Transport,
+    counts: Arc<Mutex<BTreeMap<(String, &'static str), u64>>>,
+}
+
+#[derive(Clone)]
+enum Transport {
+    Http(Box<Client<HttpConnector, Full<Bytes>>>),
+    /// Tests: bodies go to a channel; `fail` makes every send fail.
+    #[cfg(test)]
+    Record {
+        sent: tokio::sync::mpsc::UnboundedSender<(String, serde_json::Value)>,
+        /// URLs whose sends fail.
+        fail: Arc<Mutex<BTreeSet<String>>>,
+    },
+}
+
+/// Why one request failed.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("cannot reach it: {0}")]
+    Connection(String),
+    #[error("it did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("it answered {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    Status { status: u16, body: String },
+    #[error("{0}")]
+    Request(String),
+}
+
+impl SendError {
+    /// Connection trouble, timeouts, 5xx and 429 are worth another try; another answer
+    /// refuses this notification for good.
+    fn retryable(&self) -> bool {
+        match self {
+            SendError::Connection(_) | SendError::Timeout(_) => true,
+            SendError::Status { status, .. } => *status == 429 || *status >= 500,
+            SendError::Request(_) => false,
+        }
+    }
+}
+
+/// A notification given up.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} (after {attempts} {})", if *attempts == 1 { "try" } else { "tries" })]
+struct Failure {
+    error: SendError,
+    attempts: u32,
+}
+
+fn parse_url(url: &str) -> Result<Uri, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| format!("'{url}' is not a valid URL ({e})"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
+        return Err(format!("'{url}' is not an http:// URL"));
+    }
+    Ok(uri)
+}
+
+impl Delivery {
+    fn count(&self, receiver: &str, outcome: &'static str, n: u64) {
+        *self
+            .counts
+            .lock()
+            .expect("counts lock")
+            .entry((receiver.to_string(), outcome))
+            .or_default() += n;
+    }
+
+    fn emit(&self, kind: EventKind, service: Option<String>, message: String) {
+        self.sink.emit(Event {
+            time_ms: now_ms(),
+            env: self.env.clone(),
+            kind,
+            service,
+            instance: None,
+            revision: None,
+            who: None,
+            message,
+        });
+    }
+
+    /// POSTs `body` with retries: exponential backoff from `min_backoff`, each wait drawn
+    /// in [backoff/2, backoff] so servers that lost the same receiver do not return in
+    /// lockstep.
+    async fn send(
+        &self,
+        url: &Result<Uri, String>,
+        body: &serde_json::Value,
+    ) -> Result<(), Failure> {
+        let uri = match url {
+            Ok(uri) => uri,
+            Err(e) => {
+                return Err(Failure {
+                    error: SendError::Request(e.clone()),
+                    attempts: 1,
+                });
+            }
+        };
+        let bytes = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+        let mut backoff = self.policy.min_backoff;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.send_once(uri, body, bytes.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.retryable() && attempts < self.policy.max_attempts => {
+                    tracing::debug!(%uri, "notification failed, retrying: {error}");
+                    let half = backoff / 2;
+                    let jitter = Duration::from_millis(fastrand::u64(
+                        0..=u64::try_from(half.as_millis()).unwrap_or(u64::MAX),
+                    ));
+                    tokio::time::sleep(half + jitter).await;
+                    backoff = (backoff * 2).min(self.policy.max_backoff);
+                }
+                Err(error) => return Err(Failure { error, attempts }),
+            }
+        }
+    }
+
+    // Outside tests `Transport` has one variant.
+    #[cfg_attr(not(test), allow(clippy::infallible_destructuring_match))]
+    async fn send_once(
+        &self,
+        uri: &Uri,
+        body: &serde_json::Value,
+        bytes: Bytes,
+    ) -> Result<(), SendError> {
+        let client = match &self.transport {
+            Transport::Http(client) => client,
+            #[cfg(test)]
+            Transport::Record { sent, fail } => {
+                if fail.lock().expect("fail lock").contains(&uri.to_string()) {
+                    return Err(SendError::Connection("refused (test)".into()));
+                }
+                let _ = sent.send((uri.to_string(), body.clone()));
+                return Ok(());
+            }
+        };
+        let _ = body;
+        let request = hyper::Request::post(uri.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(
+                USER_AGENT,
+                HeaderValue::from_static(concat!("tandem/", env!("CARGO_PKG_VERSION"))),
+            )
+            .body(Full::new(bytes))
+            .map_err(|e| SendError::Request(e.to_string()))?;
+        let exchange = async {
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| SendError::Connection(error_chain(&e)))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_ERROR_BODY)
+                .collect()
+                .await
+                .map(|c| String::from_utf8_lossy(&c.to_bytes()).trim().to_string())
+                .unwrap_or_default();
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(SendError::Status {
+                    status: status.as_u16(),
+                    body,
+                })
+            }
+        };
+        tokio::time::timeout(self.policy.timeout, exchange)
+            .await
+            .unwrap_or(Err(SendError::Timeout(self.policy.timeout)))
+    }
+}
+
+/// The error and its causes, `: `-joined (hyper's own message alone says "client error").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests;
