@@ -21,7 +21,10 @@
 //! exactly on the window's start would be counted by one and not the other.
 //!
 //! Usage: query_bench --tandem BIN --work DIR [--prometheus BIN] [--instances N]
-//!        [--hours H] [--jitter MS] [--runs N] [--warmup N]
+//!        [--hours H] [--jitter MS] [--runs N] [--warmup N] [--in-process-only 1]
+//!
+//! `--in-process-only 1` stops after the in-process timings (no Prometheus, no servers;
+//! `--tandem` is still required but not run): a quick loop while working on the engine.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -67,6 +70,8 @@ struct Args {
     work: PathBuf,
     tandem: PathBuf,
     prometheus: PathBuf,
+    /// Stop after the in-process timings (no servers): for quick iterations on the engine.
+    in_process_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -79,6 +84,7 @@ fn parse_args() -> Args {
         work: PathBuf::new(),
         tandem: PathBuf::new(),
         prometheus: PathBuf::from("prometheus"),
+        in_process_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -92,6 +98,7 @@ fn parse_args() -> Args {
             "--work" => a.work = val.into(),
             "--tandem" => a.tandem = val.into(),
             "--prometheus" => a.prometheus = val.into(),
+            "--in-process-only" => a.in_process_only = val == "1",
             other => {
                 eprintln!("unknown flag '{other}'; see the comment atop query_bench.rs");
                 std::process::exit(2);
@@ -688,6 +695,12 @@ fn main() {
             }
             in_process.insert((name, kind), median(times));
         }
+    }
+    if args.in_process_only {
+        for ((name, kind), d) in &in_process {
+            println!("in process: {name} {kind}: {}", fmt_d(*d));
+        }
+        return;
     }
     db.close().expect("close the store");
     // Opening the store again replays its WAL, as `tandem serve` will: what that costs in

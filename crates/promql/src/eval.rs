@@ -63,12 +63,18 @@ pub(crate) struct RangeArg {
 impl RangeArg {
     /// The samples of series `s` that fall in the window of step `i`.
     pub(crate) fn window(&self, s: usize, i: usize) -> &[Sample] {
+        let (lo, hi) = self.window_bounds(s, i);
+        &self.series[s].samples[lo..hi]
+    }
+
+    /// [`RangeArg::window`] as indexes `lo..hi` into the series' samples.
+    pub(crate) fn window_bounds(&self, s: usize, i: usize) -> (usize, usize) {
         let samples = &self.series[s].samples;
         let end = self.ends[i];
         let start = end.saturating_sub(self.range);
         let lo = samples.partition_point(|x| x.t <= start);
         let hi = samples.partition_point(|x| x.t <= end);
-        &samples[lo..hi.max(lo)]
+        (lo, hi.max(lo))
     }
 }
 

@@ -980,19 +980,42 @@ fn range_function(ev: &mut Evaluator<'_>, call: &Call, steps: Steps) -> Result<V
         })
         .collect();
     let unique = all_unique(labels.iter().map(|l| &**l));
-    let mut out: Vec<Vector> = (0..n).map(|_| Vec::new()).collect();
+    // For `rate` and `increase`: how many counter resets each series has up to each sample,
+    // so that a window without any (nearly all of them) is not scanned for resets. The
+    // comparison is the one `extrapolated_rate` makes, so the answer is the same.
+    let counter = matches!(name, "rate" | "increase");
+    let resets: Vec<Vec<u32>> = if counter {
+        r.series
+            .iter()
+            .map(|s| {
+                let mut n = 0;
+                let mut out = Vec::with_capacity(s.samples.len());
+                out.push(0);
+                for p in s.samples.windows(2) {
+                    n += u32::from(p[1].v < p[0].v);
+                    out.push(n);
+                }
+                out
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut out: Vec<Vector> = (0..n).map(|_| Vec::with_capacity(r.series.len())).collect();
     let mut params = vec![0.0; scalars.len()];
     for (s, labels) in labels.iter().enumerate() {
         ev.check_deadline()?;
         for (i, slot) in out.iter_mut().enumerate() {
-            let w = r.window(s, i);
-            if w.is_empty() {
+            let (lo, hi) = r.window_bounds(s, i);
+            if lo == hi {
                 continue;
             }
+            let w = &r.series[s].samples[lo..hi];
             for (p, scalar) in params.iter_mut().zip(&scalars) {
                 *p = scalar[i];
             }
-            if let Some(v) = apply_range(name, w, &r, i, steps.ts(i), &params)? {
+            let may_reset = !counter || resets[s][hi - 1] != resets[s][lo];
+            if let Some(v) = apply_range(name, w, &r, i, steps.ts(i), &params, may_reset)? {
                 slot.push(Elem {
                     labels: labels.clone(),
                     v,
@@ -1016,14 +1039,39 @@ fn apply_range(
     i: usize,
     ts: i64,
     params: &[f64],
+    may_reset: bool,
 ) -> Result<Option<f64>, EvalError> {
     let end = r.ends[i];
     let range = r.range;
     let param = |k: usize| params.get(k).copied().unwrap_or(f64::NAN);
     Ok(match name {
-        "rate" => extrapolated_rate(w, end.saturating_sub(range), end, range, true, true),
-        "increase" => extrapolated_rate(w, end.saturating_sub(range), end, range, true, false),
-        "delta" => extrapolated_rate(w, end.saturating_sub(range), end, range, false, false),
+        "rate" => extrapolated_rate(
+            w,
+            end.saturating_sub(range),
+            end,
+            range,
+            true,
+            true,
+            may_reset,
+        ),
+        "increase" => extrapolated_rate(
+            w,
+            end.saturating_sub(range),
+            end,
+            range,
+            true,
+            false,
+            may_reset,
+        ),
+        "delta" => extrapolated_rate(
+            w,
+            end.saturating_sub(range),
+            end,
+            range,
+            false,
+            false,
+            false,
+        ),
         "irate" => instant_value(w, true),
         "idelta" => instant_value(w, false),
         "changes" => Some(
@@ -1099,6 +1147,7 @@ fn extrapolated_rate(
     range: i64,
     is_counter: bool,
     is_rate: bool,
+    may_reset: bool,
 ) -> Option<f64> {
     if w.len() < 2 {
         return None;
@@ -1106,7 +1155,7 @@ fn extrapolated_rate(
     let first = w[0];
     let last = w[w.len() - 1];
     let mut result = last.v - first.v;
-    if is_counter {
+    if is_counter && may_reset {
         for p in w.windows(2) {
             if p[1].v < p[0].v {
                 result += p[0].v;
@@ -1313,11 +1362,11 @@ mod tests {
             (50_000, 50.0),
             (60_000, 60.0),
         ]);
-        let r = extrapolated_rate(&w, 0, 60_000, 60_000, true, true).unwrap();
+        let r = extrapolated_rate(&w, 0, 60_000, 60_000, true, true, true).unwrap();
         assert!((r - 1.0).abs() < 1e-12, "{r}");
         // A reset from 30 to 5 counts the 30 before it.
         let w = samples(&[(10_000, 10.0), (20_000, 30.0), (30_000, 5.0)]);
-        let inc = extrapolated_rate(&w, 0, 30_000, 30_000, true, false).unwrap();
+        let inc = extrapolated_rate(&w, 0, 30_000, 30_000, true, false, true).unwrap();
         // Raw increase 25 over 20 s. The window starts 10 s before the first sample, but
         // the counter would reach zero 8 s before it (20 s * 10/25), so it extrapolates by
         // 8 s at the start and 0 s at the end: 25 * 28/20.
