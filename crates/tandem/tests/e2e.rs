@@ -1220,3 +1220,231 @@ fn rules_record_and_alert_and_their_state_survives_a_server_restart() {
         "the alert kept its start"
     );
 }
+
+/// A real Alertmanager (Debian's `prometheus-alertmanager`) on a free loopback port, with a
+/// route to a receiver that sends nothing; killed when the test ends.
+struct Alertmanager {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Alertmanager {
+    /// `None` (with the reason printed) when the binary is missing; `scripts/test` installs it.
+    fn start() -> Option<Alertmanager> {
+        let bin = "prometheus-alertmanager";
+        if std::process::Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            println!("skipped: `{bin}` is not installed (apt-get install prometheus-alertmanager)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
+        )
+        .unwrap();
+        let port = free_port();
+        let child = std::process::Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let am = Alertmanager {
+            child,
+            port,
+            _dir: dir,
+        };
+        eventually("Alertmanager to be ready", || {
+            http_get(port, "/-/ready")
+                .ok()
+                .filter(|(status, _)| *status == 200)
+        });
+        Some(am)
+    }
+
+    /// `GET /api/v2/alerts`: the alerts it holds that have not ended.
+    fn alerts(&self) -> Vec<serde_json::Value> {
+        let (status, body) = http_get(self.port, "/api/v2/alerts").unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+/// A webhook receiver: records the JSON body of every POST and answers 200.
+struct Hook {
+    port: u16,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Hook {
+    fn start() -> Hook {
+        use std::io::{BufRead, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let mut reader = std::io::BufReader::new(stream);
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("content-length")
+                    {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_ok()
+                    && let Ok(json) = serde_json::from_slice(&body)
+                {
+                    seen.lock().unwrap().push(json);
+                }
+                let _ = reader.get_mut().write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Hook { port, bodies }
+    }
+
+    fn find(&self, status: &str) -> Option<serde_json::Value> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|b| b["status"] == status)
+            .cloned()
+    }
+}
+
+#[test]
+fn alerts_reach_alertmanager_and_a_webhook_and_resolve_while_a_dead_receiver_fails_loudly() {
+    let Some(am) = Alertmanager::start() else {
+        return;
+    };
+    let hook = Hook::start();
+    let dead = free_port();
+    let web = free_port();
+    let receivers = format!(
+        "[[receiver]]\nname = \"am\"\nalertmanager = \"http://127.0.0.1:{}\"\n\n\
+         [[receiver]]\nname = \"dead\"\nwebhook = \"http://127.0.0.1:{dead}/hook\"\ngroup_wait = \"1s\"\ngroup_interval = \"1s\"\n\n\
+         [[receiver]]\nname = \"hook\"\nwebhook = \"http://127.0.0.1:{}/hook\"\ngroup_wait = \"1s\"\ngroup_interval = \"1s\"\n",
+        am.port, hook.port
+    );
+    let system = |replicas: u32| {
+        format!(
+            "{}{receivers}",
+            app_service("web", web, &format!("replicas = {replicas}"))
+        )
+    };
+    let p = Project::new(&system(1));
+    p.write(
+        "rules.yml",
+        "groups:\n  - name: fast\n    interval: 1s\n    rules:\n      - alert: WebUp\n        expr: tandem_instance_up{service=\"web\"} == 1\n        labels:\n          severity: ticket\n        annotations:\n          summary: \"web is up\"\n",
+    );
+    let with_rules = |text: String| {
+        text.replace(
+            "name = \"e2e\"",
+            "name = \"e2e\"\nrule_files = [\"rules.yml\"]",
+        )
+    };
+    let file = p.path().join("tandem.toml");
+    std::fs::write(&file, with_rules(std::fs::read_to_string(&file).unwrap())).unwrap();
+    p.up().ok();
+
+    // Alertmanager holds the alert, as Prometheus would have sent it.
+    let alert = eventually("the alert in Alertmanager", || {
+        am.alerts()
+            .into_iter()
+            .find(|a| a["labels"]["alertname"] == "WebUp")
+    });
+    assert_eq!(alert["labels"]["service"], "web");
+    assert_eq!(alert["labels"]["env"], "dev");
+    assert_eq!(alert["labels"]["severity"], "ticket");
+    assert_eq!(alert["annotations"]["summary"], "web is up");
+    assert_eq!(alert["status"]["state"], "active");
+    assert!(
+        alert["generatorURL"]
+            .as_str()
+            .unwrap()
+            .contains("/api/v1/query?query=tandem_instance_up"),
+        "{alert}"
+    );
+
+    // The webhook got Alertmanager's webhook shape.
+    let firing = eventually("the firing webhook", || hook.find("firing"));
+    assert_eq!(firing["version"], "4");
+    assert_eq!(firing["receiver"], "hook");
+    assert_eq!(firing["groupLabels"]["alertname"], "WebUp");
+    assert_eq!(firing["groupLabels"]["service"], "web");
+    assert_eq!(firing["commonLabels"]["severity"], "ticket");
+    assert_eq!(firing["alerts"][0]["status"], "firing");
+    assert_eq!(firing["alerts"][0]["annotations"]["summary"], "web is up");
+
+    // The dead receiver failed, on the timeline and in /metrics, and held up nobody.
+    eventually("notification-failed for the dead receiver", || {
+        let timeline = p.run(&["timeline"]).ok().stdout;
+        (timeline.contains("notification-failed") && timeline.contains("receiver 'dead'"))
+            .then_some(())
+    });
+    let timeline = p.run(&["timeline"]).ok().stdout;
+    assert!(
+        timeline.contains("notification-sent") && timeline.contains("receiver 'hook' notified"),
+        "{timeline}"
+    );
+    let api: u16 = p
+        .status()
+        .server
+        .listen
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (_, metrics) = http_get(api, "/metrics").unwrap();
+    assert!(
+        metrics.contains("tandem_notifications_total{receiver=\"dead\",outcome=\"failed\"}")
+            && metrics.contains("tandem_notifications_total{receiver=\"hook\",outcome=\"sent\"}"),
+        "{metrics}"
+    );
+
+    // The condition goes away: the webhook hears the resolution, and the alert ends in
+    // Alertmanager.
+    p.set_system(&system(0));
+    std::fs::write(&file, with_rules(std::fs::read_to_string(&file).unwrap())).unwrap();
+    p.up().ok();
+    let resolved = eventually("the resolved webhook", || hook.find("resolved"));
+    assert_eq!(resolved["alerts"][0]["status"], "resolved");
+    assert_ne!(resolved["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
+    eventually("the alert to end in Alertmanager", || {
+        (!am.alerts()
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "WebUp"))
+        .then_some(())
+    });
+}
