@@ -1,7 +1,7 @@
 //! What is sent: the webhook JSON (Alertmanager's webhook shape, version 4, so receivers
 //! written for Alertmanager read it unchanged), its Slack-compatible form (`{"text": ...}`),
 //! and the body of Alertmanager's `POST /api/v2/alerts`. The shapes are documented in
-//! `docs/alerting.md`.
+//! `docs/alerts.md`.
 
 use serde::Serialize;
 use serde_json::{Value, json};
