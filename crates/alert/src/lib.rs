@@ -8,6 +8,7 @@
 //! rule and test files: the server decides when a group is evaluated, stores the samples
 //! [`RuleGroup::eval`] returns, and persists [`GroupState`].
 
+pub mod builtin;
 mod format;
 pub mod group;
 pub mod rules;
@@ -15,6 +16,7 @@ mod series;
 pub mod template;
 pub mod unittest;
 
+pub use builtin::builtin_groups;
 pub use format::{format_duration, parse_duration};
 pub use group::{
     Alert, AlertChange, AlertState, EvalContext, EvalOutput, GroupState, Health, RuleError,

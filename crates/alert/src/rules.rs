@@ -401,7 +401,7 @@ fn check_rule(
 }
 
 /// The expression's problem, if any.
-fn check_expr(rule: &Rule) -> Option<String> {
+pub(crate) fn check_expr(rule: &Rule) -> Option<String> {
     let name = &rule.name;
     if rule.expr.trim().is_empty() {
         Some(format!("rule '{name}' has no 'expr'"))
@@ -414,7 +414,7 @@ fn check_expr(rule: &Rule) -> Option<String> {
 
 /// The checks shared by file and inline rules besides the expression: names, labels,
 /// templates.
-fn check_parsed(rule: &Rule) -> Vec<String> {
+pub(crate) fn check_parsed(rule: &Rule) -> Vec<String> {
     let mut problems = Vec::new();
     let name = &rule.name;
     match rule.kind {
