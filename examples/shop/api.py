@@ -2,7 +2,8 @@
 
 Reads PORT and KV_ADDR (injected by tandem because `depends_on = ["kv"]`). Two switches
 make a flawed version for trying deploys: ERROR_RATE (a share of /visits answered 500)
-and EXTRA_LATENCY_MS (added to every /visits).
+and EXTRA_LATENCY_MS (added to every /visits). A third makes a slow memory leak for
+trying the memory forecast: LEAK_MB_PER_MIN (keep that many MiB more every minute).
 """
 import json
 import os
@@ -11,6 +12,7 @@ import signal
 import time
 import socket
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 KV_HOST, KV_PORT = os.environ["KV_ADDR"].rsplit(":", 1)
@@ -53,6 +55,20 @@ class Handler(BaseHTTPRequestHandler):
             return
         print("api: " + fmt % args, flush=True)
 
+
+def leak(mib_per_min):
+    """Keeps mib_per_min MiB more every minute, a little every second, touched so it is
+    resident (a list of bytearrays never freed, as a real leak would)."""
+    kept = []
+    per_second = int(mib_per_min * 1024 * 1024 / 60)
+    while True:
+        kept.append(bytearray(b"x" * per_second))
+        time.sleep(1)
+
+
+LEAK_MB_PER_MIN = float(os.environ.get("LEAK_MB_PER_MIN", "0"))
+if LEAK_MB_PER_MIN > 0:
+    threading.Thread(target=leak, args=(LEAK_MB_PER_MIN,), daemon=True).start()
 
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 port = int(os.environ["PORT"])
