@@ -75,6 +75,9 @@ impl Rules {
                 Err(e) => errors.push(e.to_string()),
             }
         }
+        // tandem's own rules (crash loops, OOM kills, exhaustion forecasts, anomalies, SLO
+        // burn rates, post-deploy regressions), as tuned by `[monitoring] builtin_alerts`.
+        groups.extend(tandem_alert::builtin_groups(system));
         for (path, shown) in tandem_spec::rule_files(base_dir, &system.rule_files) {
             match tandem_alert::load_rule_file(&path, tandem_alert::DEFAULT_INTERVAL) {
                 Ok(mut found) => {
