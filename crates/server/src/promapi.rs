@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use params::{BadParam, format_time, format_value, parse_duration, parse_time};
+use params::{BadParam, parse_duration, parse_time, write_time, write_value};
 use serde_json::{Value as Json_, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -105,28 +105,113 @@ fn labels_json(labels: &Labels) -> Json_ {
     Json_::Object(map)
 }
 
-fn value_json(value: Value) -> Json_ {
+/// A query's answer, written by [`query_body`], as a JSON response.
+fn query_success(body: Vec<u8>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// A query's answer as Prometheus writes it, `{"data":{"result":...,"resultType":...},
+/// "status":"success"}`, written straight into the response body: a range query's answer
+/// has tens of thousands of points, and a `serde_json::Value` tree of them cost more
+/// allocations than evaluating the query. Keys are in the order `serde_json`'s maps keep
+/// them (sorted), so the bytes are those the tree gave.
+fn query_body(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(match value {
+        Value::Matrix(series) => series.iter().map(|s| 200 + 32 * s.samples.len()).sum(),
+        Value::Vector(v) => 64 + 200 * v.len(),
+        _ => 128,
+    });
+    out.extend_from_slice(b"{\"data\":{\"result\":");
     match value {
         Value::Scalar { t, v } => {
-            json!({ "resultType": "scalar", "result": [format_time(t), format_value(v)] })
+            write_point(&mut out, *t, *v);
         }
         Value::String(s) => {
-            json!({ "resultType": "string", "result": [format_time(tandem_api::now_ms()), s] })
+            out.push(b'[');
+            write_time(&mut out, tandem_api::now_ms());
+            out.push(b',');
+            write_json_str(&mut out, s);
+            out.push(b']');
         }
-        Value::Vector(samples) => json!({
-            "resultType": "vector",
-            "result": samples.into_iter().map(|(l, s)| json!({
-                "metric": labels_json(&l),
-                "value": [format_time(s.t), format_value(s.v)],
-            })).collect::<Vec<_>>(),
-        }),
-        Value::Matrix(series) => json!({
-            "resultType": "matrix",
-            "result": series.into_iter().map(|s| json!({
-                "metric": labels_json(&s.labels),
-                "values": s.samples.iter().map(|x| json!([format_time(x.t), format_value(x.v)])).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-        }),
+        Value::Vector(samples) => {
+            out.push(b'[');
+            for (i, (labels, s)) in samples.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"metric\":");
+                write_labels(&mut out, labels);
+                out.extend_from_slice(b",\"value\":");
+                write_point(&mut out, s.t, s.v);
+                out.push(b'}');
+            }
+            out.push(b']');
+        }
+        Value::Matrix(series) => {
+            out.push(b'[');
+            for (i, s) in series.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"metric\":");
+                write_labels(&mut out, &s.labels);
+                out.extend_from_slice(b",\"values\":[");
+                for (j, x) in s.samples.iter().enumerate() {
+                    if j > 0 {
+                        out.push(b',');
+                    }
+                    write_point(&mut out, x.t, x.v);
+                }
+                out.extend_from_slice(b"]}");
+            }
+            out.push(b']');
+        }
+    }
+    out.extend_from_slice(b",\"resultType\":\"");
+    out.extend_from_slice(value.type_name().as_bytes());
+    out.extend_from_slice(b"\"},\"status\":\"success\"}");
+    out
+}
+
+/// `[1435781451.781,"1"]`
+fn write_point(out: &mut Vec<u8>, t: i64, v: f64) {
+    out.push(b'[');
+    write_time(out, t);
+    out.extend_from_slice(b",\"");
+    write_value(out, v);
+    out.extend_from_slice(b"\"]");
+}
+
+/// `{"job":"api",...}`: labels are kept sorted by name, as a JSON map's keys are.
+fn write_labels(out: &mut Vec<u8>, labels: &Labels) {
+    out.push(b'{');
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_str(out, k);
+        out.push(b':');
+        write_json_str(out, v);
+    }
+    out.push(b'}');
+}
+
+/// A JSON string, escaped as `serde_json` escapes it.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
     }
 }
 
@@ -153,11 +238,15 @@ async fn query(
         None => tandem_api::now_ms(),
     };
     let monitor = state.monitor.clone();
-    let result =
-        tokio::task::spawn_blocking(move || monitor.engine.instant(monitor.db.as_ref(), &q, t))
-            .await;
+    // The answer is written on the blocking thread too: for a large one that is
+    // milliseconds of work that should not hold up the server's async workers.
+    let result = tokio::task::spawn_blocking(move || {
+        let value = monitor.engine.instant(monitor.db.as_ref(), &q, t)?;
+        Ok::<_, EvalError>(query_body(&value))
+    })
+    .await;
     match result {
-        Ok(Ok(value)) => success(value_json(value)),
+        Ok(Ok(body)) => query_success(body),
         Ok(Err(e)) => eval_failure(e),
         Err(e) => failure(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -219,10 +308,11 @@ async fn query_range(
         monitor
             .engine
             .range(monitor.db.as_ref(), &q, start, end, step)
+            .map(|value| query_body(&value))
     })
     .await;
     match result {
-        Ok(Ok(value)) => success(value_json(value)),
+        Ok(Ok(body)) => query_success(body),
         Ok(Err(e)) => eval_failure(e),
         Err(e) => failure(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -425,4 +515,102 @@ async fn buildinfo(State(state): State<Arc<AppState>>) -> Response {
         "buildDate": "",
         "goVersion": "none (tandem is written in Rust)",
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_tsdb::{Sample, Series};
+
+    /// The answer as the `serde_json::Value` tree this module used to build.
+    fn tree(value: &Value) -> Json_ {
+        let time = |ms: i64| -> Json_ {
+            if ms % 1000 == 0 {
+                Json_::Number((ms / 1000).into())
+            } else {
+                serde_json::Number::from_f64(ms as f64 / 1000.0)
+                    .map(Json_::Number)
+                    .unwrap_or(Json_::Null)
+            }
+        };
+        let data = match value {
+            Value::Scalar { t, v } => {
+                json!({ "resultType": "scalar", "result": [time(*t), params::format_value(*v)] })
+            }
+            Value::String(_) => unreachable!("strings are stamped with the current time"),
+            Value::Vector(samples) => json!({
+                "resultType": "vector",
+                "result": samples.iter().map(|(l, s)| json!({
+                    "metric": labels_json(l),
+                    "value": [time(s.t), params::format_value(s.v)],
+                })).collect::<Vec<_>>(),
+            }),
+            Value::Matrix(series) => json!({
+                "resultType": "matrix",
+                "result": series.iter().map(|s| json!({
+                    "metric": labels_json(&s.labels),
+                    "values": s.samples.iter().map(|x| json!([time(x.t), params::format_value(x.v)])).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            }),
+        };
+        json!({ "status": "success", "data": data })
+    }
+
+    #[test]
+    fn answers_are_written_byte_for_byte_as_the_json_tree_was() {
+        let odd = Labels::new([
+            ("__name__", "up"),
+            ("a_quote", "say \"hi\"\\"),
+            ("ctrl", "tab\there\nnew\u{1}\u{7f}"),
+            ("utf8", "é→🦀"),
+        ]);
+        let plain = Labels::new([("job", "api")]);
+        let values = [
+            1.0,
+            0.1,
+            -0.0,
+            1e21,
+            -1.5e-7,
+            123_456.789,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        let samples: Vec<Sample> = values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| Sample {
+                t: 1_435_781_451_000 + i as i64 * 1_781 - 7_000,
+                v,
+            })
+            .collect();
+        let answers = [
+            Value::Scalar { t: -1_500, v: 0.25 },
+            Value::Scalar {
+                t: 1_435_781_451_000,
+                v: f64::NAN,
+            },
+            Value::Vector(Vec::new()),
+            Value::Vector(vec![
+                (odd.clone(), samples[0]),
+                (Labels::default(), samples[4]),
+            ]),
+            Value::Matrix(Vec::new()),
+            Value::Matrix(vec![
+                Series {
+                    labels: odd,
+                    samples: samples.clone(),
+                },
+                Series {
+                    labels: plain,
+                    samples: Vec::new(),
+                },
+            ]),
+        ];
+        for answer in &answers {
+            let want = serde_json::to_string(&tree(answer)).unwrap();
+            let got = String::from_utf8(query_body(answer)).unwrap();
+            assert_eq!(got, want);
+        }
+    }
 }

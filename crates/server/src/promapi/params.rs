@@ -143,17 +143,29 @@ pub(crate) fn format_value(v: f64) -> String {
     }
 }
 
-/// Milliseconds as the float seconds Prometheus puts in JSON.
-pub(crate) fn format_time(ms: i64) -> serde_json::Value {
-    // Whole seconds print as integers (1435781451), others with their milliseconds
-    // (1435781451.781), as Prometheus writes them.
-    if ms % 1000 == 0 {
-        return serde_json::Value::Number((ms / 1000).into());
+/// [`format_value`] into a response body, without allocating for ordinary values.
+pub(crate) fn write_value(out: &mut Vec<u8>, v: f64) {
+    use std::io::Write;
+    let abs = v.abs();
+    if v.is_finite() && (abs == 0.0 || (1e-4..1e21).contains(&abs)) {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{v}");
+    } else {
+        out.extend_from_slice(format_value(v).as_bytes());
     }
-    let secs = ms as f64 / 1000.0;
-    serde_json::Number::from_f64(secs)
-        .map(serde_json::Value::Number)
-        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Milliseconds as the float seconds Prometheus puts in JSON, written into a response body.
+pub(crate) fn write_time(out: &mut Vec<u8>, ms: i64) {
+    use std::io::Write;
+    // Whole seconds print as integers (1435781451), others with their milliseconds
+    // (1435781451.781), as Prometheus writes them; serde_json writes the float as it would
+    // in a `serde_json::Value`. Writing into a Vec cannot fail.
+    if ms % 1000 == 0 {
+        let _ = write!(out, "{}", ms / 1000);
+    } else {
+        let _ = serde_json::to_writer(out, &(ms as f64 / 1000.0));
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +197,17 @@ mod tests {
         assert_eq!(format_value(f64::NAN), "NaN");
         assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
         assert_eq!(format_value(1e21), "1e+21");
+        let written = |t: i64, v: f64| {
+            let mut out = Vec::new();
+            write_time(&mut out, t);
+            out.push(b' ');
+            write_value(&mut out, v);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(written(1_435_781_451_781, 0.1), "1435781451.781 0.1");
+        assert_eq!(written(-1_500, 1e21), "-1.5 1e+21");
+        assert_eq!(written(3_000, f64::NAN), "3 NaN");
+        assert_eq!(written(0, -0.0), "0 -0");
         let pairs = form_pairs("match%5B%5D=up&match[]=a%7Bb%3D%22c%22%7D&x=1+2");
         assert_eq!(pairs[0], ("match[]".to_string(), "up".to_string()));
         assert_eq!(pairs[1], ("match[]".to_string(), "a{b=\"c\"}".to_string()));
