@@ -138,6 +138,17 @@ fn decode_byte_escapes(query: &str) -> Result<std::borrow::Cow<'_, str>, EvalErr
 /// promql-parser reports no positions, but its messages usually quote the offending
 /// token ("unknown function with name 'foo'"): point at its first occurrence.
 fn locate(query: &str, message: &str) -> Option<(usize, usize)> {
+    let quoted = quoted_token(query, message);
+    let bracket_error =
+        quoted.is_some_and(|(a, b)| b == a + 1 && b"(){}[]".contains(&query.as_bytes()[a]));
+    if quoted.is_none() || bracket_error {
+        // A quoted bracket is found at its first occurrence, not necessarily the faulty one.
+        return unbalanced_bracket(query).or(quoted);
+    }
+    quoted
+}
+
+fn quoted_token(query: &str, message: &str) -> Option<(usize, usize)> {
     let mut parts = message.split('\'');
     parts.next()?;
     let token = parts.next().filter(|t| !t.is_empty())?;
@@ -145,6 +156,45 @@ fn locate(query: &str, message: &str) -> Option<(usize, usize)> {
     parts.next()?;
     let start = query.find(token)?;
     Some((start, start + token.len()))
+}
+
+/// Where a bracket goes wrong: an opener that is never closed, or a closer without (or
+/// not matching) its opener. Brackets inside string literals do not count.
+fn unbalanced_bracket(query: &str) -> Option<(usize, usize)> {
+    let mut open: Vec<(usize, u8)> = Vec::new();
+    let mut quote: Option<u8> = None;
+    let bytes = query.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match quote {
+            Some(q) => {
+                if c == b'\\' && q != b'`' {
+                    i += 1;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                b'"' | b'\'' | b'`' => quote = Some(c),
+                b'(' | b'{' | b'[' => open.push((i, c)),
+                b')' | b'}' | b']' => {
+                    let want = match c {
+                        b')' => b'(',
+                        b'}' => b'{',
+                        _ => b'[',
+                    };
+                    match open.pop() {
+                        Some((_, o)) if o == want => {}
+                        _ => return Some((i, i + 1)),
+                    }
+                }
+                _ => {}
+            },
+        }
+        i += 1;
+    }
+    open.last().map(|(at, _)| (*at, *at + 1))
 }
 
 /// The matcher sets of every selector in `query` (one set per selector; a selector with
@@ -473,6 +523,11 @@ mod tests {
         let e = parse(r#"label_replace(x, "\xff", "", "src", "(.*)")"#).unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadData);
         assert_eq!(e.position, Some((18, 22)));
+        // An unclosed bracket is pointed at even when the parser's message does not say.
+        let e = parse("sum(rate(x[5m])").unwrap_err();
+        assert_eq!(e.position, Some((3, 4)), "{e:?}");
+        let e = parse("x{a=\"(\"}}").unwrap_err();
+        assert_eq!(e.position, Some((8, 9)), "{e:?}");
         assert!(parse("x # \"\\xff\n").is_ok());
     }
 
