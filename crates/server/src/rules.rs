@@ -70,7 +70,7 @@ impl Rules {
         let mut groups = Vec::new();
         let mut errors = Vec::new();
         if !system.alert.is_empty() {
-            match tandem_alert::inline_group(&system.alert, tandem_alert::DEFAULT_INTERVAL) {
+            match tandem_alert::inline_group(&system.alert, system.monitoring.rule_interval.0) {
                 Ok(g) => groups.push(g),
                 Err(e) => errors.push(e.to_string()),
             }

@@ -61,6 +61,12 @@ pub struct Monitoring {
     /// `builtin_alerts = { ... }`: which built-in rule groups run, and the forecast horizon.
     #[serde(default, skip_serializing_if = "BuiltinAlerts::is_default")]
     pub builtin_alerts: BuiltinAlerts,
+    /// How often the inline `[[alert]]` rules are evaluated. Default 15s.
+    #[serde(
+        default = "default_rule_interval",
+        skip_serializing_if = "is_default_rule_interval"
+    )]
+    pub rule_interval: Dur,
 }
 
 impl Default for Monitoring {
@@ -72,8 +78,17 @@ impl Default for Monitoring {
             max_bytes: None,
             remote_write: Vec::new(),
             builtin_alerts: BuiltinAlerts::default(),
+            rule_interval: default_rule_interval(),
         }
     }
+}
+
+fn default_rule_interval() -> Dur {
+    Dur::from_secs(15)
+}
+
+fn is_default_rule_interval(d: &Dur) -> bool {
+    *d == default_rule_interval()
 }
 
 /// `[monitoring] builtin_alerts`: each built-in rule family can be switched off; all are on

@@ -12,6 +12,7 @@ const MONITORING_KEYS: &[&str] = &[
     "max_bytes",
     "remote_write",
     "builtin_alerts",
+    "rule_interval",
 ];
 const BUILTIN_ALERT_SWITCHES: &[&str] = &[
     "crash_loop",
@@ -64,6 +65,9 @@ pub(crate) fn read_monitoring(
     }
     if let Some(d) = duration(report, "retention", "retention = \"15d\"") {
         into.retention = d;
+    }
+    if let Some(d) = duration(report, "rule_interval", "rule_interval = \"15s\"") {
+        into.rule_interval = d;
     }
     if let Some(e) = table.get("builtin_alerts") {
         read_builtin_alerts(report, e, section, &mut into.builtin_alerts);
