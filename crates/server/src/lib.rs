@@ -11,6 +11,7 @@
 mod alertapi;
 mod api;
 mod auth;
+mod delivery;
 pub mod files;
 mod logs;
 mod metrics;

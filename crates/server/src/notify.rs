@@ -29,6 +29,7 @@ mod payload;
 
 pub(crate) use payload::Observed;
 
+use crate::delivery::SendError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::Uri;
@@ -788,31 +789,6 @@ enum Transport {
         /// URLs whose sends fail.
         fail: Arc<Mutex<BTreeSet<String>>>,
     },
-}
-
-/// Why one request failed.
-#[derive(Debug, thiserror::Error)]
-enum SendError {
-    #[error("cannot reach it: {0}")]
-    Connection(String),
-    #[error("it did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("it answered {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
-    Status { status: u16, body: String },
-    #[error("{0}")]
-    Request(String),
-}
-
-impl SendError {
-    /// Connection trouble, timeouts, 5xx and 429 are worth another try; another answer
-    /// refuses this notification for good.
-    fn retryable(&self) -> bool {
-        match self {
-            SendError::Connection(_) | SendError::Timeout(_) => true,
-            SendError::Status { status, .. } => *status == 429 || *status >= 500,
-            SendError::Request(_) => false,
-        }
-    }
 }
 
 /// A notification given up.

@@ -7,6 +7,7 @@
 //! it is full) and wakes that target's task; each task batches, encodes and POSTs on its
 //! own, so a slow or dead target costs memory up to its queue bound and nothing else.
 
+use crate::delivery::SendError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::Uri;
@@ -75,31 +76,6 @@ enum TargetError {
         "remote_write URL '{url}' is not a valid http:// URL ({reason}); samples are not sent there (hint: write it like 'http://127.0.0.1:9090/api/v1/write')"
     )]
     BadUrl { url: String, reason: String },
-}
-
-/// Why one request failed.
-#[derive(Debug, thiserror::Error)]
-enum SendError {
-    #[error("cannot reach it: {0}")]
-    Connection(String),
-    #[error("it did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("it answered {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
-    Status { status: u16, body: String },
-    #[error("cannot build the request: {0}")]
-    Request(String),
-}
-
-impl SendError {
-    /// Prometheus's rule: connection trouble, timeouts, 5xx and 429 are worth another try;
-    /// any other answer means the data itself was refused and will be refused again.
-    fn retryable(&self) -> bool {
-        match self {
-            SendError::Connection(_) | SendError::Timeout(_) => true,
-            SendError::Status { status, .. } => *status == 429 || *status >= 500,
-            SendError::Request(_) => false,
-        }
-    }
 }
 
 /// A request that failed for good.
@@ -461,7 +437,7 @@ impl Sender {
                 HeaderValue::from_static(concat!("tandem/", env!("CARGO_PKG_VERSION"))),
             )
             .body(Full::new(body))
-            .map_err(|e| SendError::Request(e.to_string()))?;
+            .map_err(|e| SendError::Request(format!("cannot build the request: {e}")))?;
         let exchange = async {
             let response = self
                 .client
