@@ -2,7 +2,7 @@
 //! PromQL expressions (parsed by `promql-parser`, the parser the query engine uses) and
 //! label names.
 
-use crate::check::{Field, Report};
+use crate::check::{Field, NamedItem, Report};
 use crate::model::AlertRule;
 use crate::node::{Entry, Node, Span};
 use crate::units::Dur;
@@ -93,40 +93,17 @@ pub(crate) fn read_alert(
     item: &Node,
     section: &str,
 ) -> Option<(AlertRule, Span)> {
-    let Some(table) = item.as_table() else {
-        report.value_error(
-            item.span.clone(),
-            format!(
-                "wrong type in {section}: expected a table, found {}",
-                item.value.type_phrase()
-            ),
-            "write each alert as an [[alert]] table with name and expr",
-        );
-        return None;
-    };
-    report.unknown_keys(table, section, ALERT_KEYS);
-    let name = match table.get("name") {
-        Some(entry) => report
-            .string(entry, &Field::new(section, "name = \"ApiDown\""))
-            .map(|name| (name.to_string(), entry.node.span.clone())),
-        None => {
-            report.value_error(
-                item.span.clone(),
-                "alert has no 'name'",
-                "add name = \"...\": the alert's name, as in name = \"ApiDown\"",
-            );
-            None
-        }
-    };
-    if let Some((name, span)) = &name
-        && name.trim().is_empty()
-    {
-        report.value_error(
-            span.clone(),
-            "alert name is empty",
-            "name the alert, as in name = \"ApiDown\"",
-        );
-    }
+    let (table, name) = report.named_item(
+        item,
+        section,
+        ALERT_KEYS,
+        NamedItem {
+            what: "alert",
+            table_hint: "write each alert as an [[alert]] table with name and expr",
+            name_example: "name = \"ApiDown\"",
+            missing_hint: "add name = \"...\": the alert's name, as in name = \"ApiDown\"",
+        },
+    )?;
     let expr = match table.get("expr") {
         Some(entry) => {
             let expr = report.string(entry, &Field::new(section, "expr = 'up == 0'"));

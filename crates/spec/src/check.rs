@@ -206,6 +206,68 @@ impl<'a> Report<'a> {
     }
 }
 
+/// How one entry of an array of named tables (`[[alert]]`, `[[receiver]]`) is described in
+/// its errors.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NamedItem<'a> {
+    /// "alert", "receiver".
+    pub(crate) what: &'a str,
+    /// The hint when the entry is not a table.
+    pub(crate) table_hint: &'a str,
+    /// An example name line, as in `name = "ops"`.
+    pub(crate) name_example: &'a str,
+    /// The hint when `name` is missing.
+    pub(crate) missing_hint: &'a str,
+}
+
+impl<'s> Report<'s> {
+    /// Reads one entry of an array of named tables: checks it is a table with known keys
+    /// and a non-empty `name`. Returns the table and, when readable, the name and its span.
+    pub(crate) fn named_item<'n>(
+        &mut self,
+        item: &'n crate::node::Node,
+        section: &str,
+        keys: &[&str],
+        named: NamedItem<'_>,
+    ) -> Option<(&'n Table, Option<(String, crate::node::Span)>)> {
+        let Some(table) = item.as_table() else {
+            self.value_error(
+                item.span.clone(),
+                format!(
+                    "wrong type in {section}: expected a table, found {}",
+                    item.value.type_phrase()
+                ),
+                named.table_hint,
+            );
+            return None;
+        };
+        self.unknown_keys(table, section, keys);
+        let name = match table.get("name") {
+            Some(entry) => self
+                .string(entry, &Field::new(section, named.name_example))
+                .map(|name| (name.to_string(), entry.node.span.clone())),
+            None => {
+                self.value_error(
+                    item.span.clone(),
+                    format!("{} has no 'name'", named.what),
+                    named.missing_hint,
+                );
+                None
+            }
+        };
+        if let Some((name, span)) = &name
+            && name.trim().is_empty()
+        {
+            self.value_error(
+                span.clone(),
+                format!("{} name is empty", named.what),
+                format!("name the {}, as in {}", named.what, named.name_example),
+            );
+        }
+        Some((table, name))
+    }
+}
+
 /// Which field is being read: its key, the section it is in, and an example of a good
 /// value, shown in hints.
 #[derive(Clone, Copy, Debug)]

@@ -7,7 +7,7 @@
 //! name of a base receiver replaces that receiver; `[[env.NAME.route]]`s are checked
 //! before the base's routes, so an environment can send some alerts elsewhere first.
 
-use crate::check::{Field, Report, with_suggestion};
+use crate::check::{Field, NamedItem, Report, with_suggestion};
 use crate::model::{Receiver, Route, WebhookFormat};
 use crate::node::{Entry, Node, Span};
 use crate::units::Dur;
@@ -48,40 +48,17 @@ pub(crate) fn read_receivers(
 }
 
 fn read_receiver(report: &mut Report<'_>, item: &Node, section: &str) -> Option<(Receiver, Span)> {
-    let Some(table) = item.as_table() else {
-        report.value_error(
-            item.span.clone(),
-            format!(
-                "wrong type in {section}: expected a table, found {}",
-                item.value.type_phrase()
-            ),
-            "write each receiver as a [[receiver]] table with name and webhook (or alertmanager)",
-        );
-        return None;
-    };
-    report.unknown_keys(table, section, RECEIVER_KEYS);
-    let name = match table.get("name") {
-        Some(entry) => report
-            .string(entry, &Field::new(section, "name = \"ops\""))
-            .map(|name| (name.to_string(), entry.node.span.clone())),
-        None => {
-            report.value_error(
-                item.span.clone(),
-                "receiver has no 'name'",
-                "add name = \"...\", as in name = \"ops\"; routes send alerts to it by this name",
-            );
-            None
-        }
-    };
-    if let Some((name, span)) = &name
-        && name.trim().is_empty()
-    {
-        report.value_error(
-            span.clone(),
-            "receiver name is empty",
-            "name the receiver, as in name = \"ops\"",
-        );
-    }
+    let (table, name) = report.named_item(
+        item,
+        section,
+        RECEIVER_KEYS,
+        NamedItem {
+            what: "receiver",
+            table_hint: "write each receiver as a [[receiver]] table with name and webhook (or alertmanager)",
+            name_example: "name = \"ops\"",
+            missing_hint: "add name = \"...\", as in name = \"ops\"; routes send alerts to it by this name",
+        },
+    )?;
     let url = |report: &mut Report<'_>, key: &str, example: &str| -> Option<String> {
         let entry = table.get(key)?;
         let url = report.string(entry, &Field::new(section, example))?;
