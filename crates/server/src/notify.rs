@@ -29,14 +29,11 @@ mod payload;
 
 pub(crate) use payload::Observed;
 
-use crate::delivery::SendError;
+use crate::delivery::{HttpsClient, SendError, https_client};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::Uri;
 use hyper::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use payload::{GroupNotification, Labels, PostableAlert, label_text};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -114,15 +111,11 @@ struct Config {
 
 impl Notifier {
     pub(crate) fn new(env: &str, sink: Arc<dyn EventSink>) -> Arc<Notifier> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         Notifier::with(
             env,
             sink,
             Policy::default(),
-            Transport::Http(Box::new(
-                Client::builder(TokioExecutor::new()).build(connector),
-            )),
+            Transport::Http(Box::new(https_client(None))),
         )
     }
 
@@ -781,7 +774,7 @@ struct Delivery {
 
 #[derive(Clone)]
 enum Transport {
-    Http(Box<Client<HttpConnector, Full<Bytes>>>),
+    Http(Box<HttpsClient>),
     /// Tests: bodies go to a channel; `fail` makes every send fail.
     #[cfg(test)]
     Record {
@@ -803,8 +796,8 @@ fn parse_url(url: &str) -> Result<Uri, String> {
     let uri: Uri = url
         .parse()
         .map_err(|e: hyper::http::uri::InvalidUri| format!("'{url}' is not a valid URL ({e})"))?;
-    if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
-        return Err(format!("'{url}' is not an http:// URL"));
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+        return Err(format!("'{url}' is not an http:// or https:// URL"));
     }
     Ok(uri)
 }

@@ -7,14 +7,11 @@
 //! it is full) and wakes that target's task; each task batches, encodes and POSTs on its
 //! own, so a slow or dead target costs memory up to its queue bound and nothing else.
 
-use crate::delivery::SendError;
+use crate::delivery::{HttpsClient, SendError, https_client};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::Uri;
 use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, USER_AGENT};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -69,11 +66,7 @@ impl Default for Policy {
 #[derive(Debug, thiserror::Error)]
 enum TargetError {
     #[error(
-        "remote_write URL '{0}' uses https, which tandem does not send to yet; samples are not sent there (hint: point it at an http:// URL, e.g. a local Prometheus or an HTTPS-terminating proxy)"
-    )]
-    Https(String),
-    #[error(
-        "remote_write URL '{url}' is not a valid http:// URL ({reason}); samples are not sent there (hint: write it like 'http://127.0.0.1:9090/api/v1/write')"
+        "remote_write URL '{url}' is not a valid http:// or https:// URL ({reason}); samples are not sent there (hint: write it like 'http://127.0.0.1:9090/api/v1/write')"
     )]
     BadUrl { url: String, reason: String },
 }
@@ -138,14 +131,20 @@ impl RemoteWriter {
         events: Arc<dyn EventSink>,
         policy: Policy,
     ) -> RemoteWriter {
+        RemoteWriter::start_with_client(targets, events, policy, https_client(None))
+    }
+
+    fn start_with_client(
+        targets: Vec<RemoteWrite>,
+        events: Arc<dyn EventSink>,
+        policy: Policy,
+        client: HttpsClient,
+    ) -> RemoteWriter {
         let (stop, stopped) = watch::channel(());
         let env = Arc::new(OnceLock::new());
         let mut refused = Vec::new();
         let mut started = Vec::new();
         let runtime = tokio::runtime::Handle::try_current();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
         for target in targets {
             let uri = match parse_url(&target.url) {
                 Ok(uri) => uri,
@@ -216,9 +215,6 @@ impl RemoteWriter {
     }
 }
 
-/// The client every target shares (connections are pooled per host).
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 /// Checks a target URL once, at start.
 fn parse_url(url: &str) -> Result<Uri, TargetError> {
     let bad = |reason: String| TargetError::BadUrl {
@@ -229,9 +225,8 @@ fn parse_url(url: &str) -> Result<Uri, TargetError> {
         .parse()
         .map_err(|e: hyper::http::uri::InvalidUri| bad(e.to_string()))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(TargetError::Https(redact(url))),
-        _ => return Err(bad("it does not start with http://".to_string())),
+        Some("http" | "https") => {}
+        _ => return Err(bad("it does not start with http:// or https://".to_string())),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(bad("it names no host".to_string()));
@@ -345,7 +340,7 @@ struct Sender {
     target: Arc<Target>,
     uri: Uri,
     timeout: Duration,
-    client: HttpClient,
+    client: HttpsClient,
     policy: Policy,
     events: Arc<dyn EventSink>,
     env: Arc<OnceLock<String>>,
@@ -834,8 +829,7 @@ mod tests {
     }
 
     async fn get(url: &str) -> Option<(u16, String)> {
-        let client: Client<HttpConnector, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let client = https_client(None);
         let response = client.get(url.parse().ok()?).await.ok()?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await.ok()?.to_bytes();
@@ -1018,11 +1012,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn https_and_malformed_urls_are_reported_once_and_skipped() {
+    async fn other_schemes_and_malformed_urls_are_reported_once_and_skipped() {
         let events = Arc::new(Events::default());
         let writer = RemoteWriter::start_with(
             vec![
-                target("https://user:secret@metrics.example/api/v1/write"),
+                target("ftp://user:secret@metrics.example/api/v1/write"),
                 target("http://"),
             ],
             events.clone(),
@@ -1041,16 +1035,65 @@ mod tests {
         );
         assert_eq!(
             events[0].message,
-            "remote_write URL 'https://metrics.example/api/v1/write' uses https, which tandem does not send to yet; samples are not sent there (hint: point it at an http:// URL, e.g. a local Prometheus or an HTTPS-terminating proxy)"
+            "remote_write URL 'ftp://metrics.example/api/v1/write' is not a valid http:// or https:// URL (it does not start with http:// or https://); samples are not sent there (hint: write it like 'http://127.0.0.1:9090/api/v1/write')"
         );
         assert!(
             events[1]
                 .message
-                .starts_with("remote_write URL 'http://' is not a valid http:// URL"),
+                .starts_with("remote_write URL 'http://' is not a valid http:// or https:// URL"),
             "{}",
             events[1].message
         );
         assert!(!format!("{events:?}").contains("secret"));
+    }
+
+    #[tokio::test]
+    async fn samples_arrive_over_https_at_a_server_whose_certificate_is_trusted() {
+        use prost::Message;
+        let (port, cert, mut bodies) = crate::delivery::tls_server().await;
+        let events = Arc::new(Events::default());
+        let writer = RemoteWriter::start_with_client(
+            vec![target(&format!("https://127.0.0.1:{port}/api/v1/write"))],
+            events.clone(),
+            fast_policy(),
+            https_client(Some(cert)),
+        );
+        let up = series(&[("__name__", "up"), ("env", "prod")]);
+        writer.push(&[(up, Sample { t: 1, v: 1.0 })]);
+        let (path, body) = tokio::time::timeout(Duration::from_secs(10), bodies.recv())
+            .await
+            .expect("a request within 10s")
+            .expect("the server runs");
+        assert_eq!(path, "/api/v1/write");
+        let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
+        let request = proto::WriteRequest::decode(raw.as_slice()).unwrap();
+        assert_eq!(request.timeseries.len(), 1);
+        assert_eq!(request.timeseries[0].samples[0].timestamp, 1);
+        eventually(
+            "the sample counted as sent",
+            Duration::from_secs(10),
+            async || (writer.stats()[0].sent_samples == 1).then_some(()),
+        )
+        .await;
+        assert!(events.all().is_empty(), "{:?}", events.all());
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_certificate_is_a_failure_not_a_send() {
+        let (port, _cert, mut bodies) = crate::delivery::tls_server().await;
+        let events = Arc::new(Events::default());
+        let writer = RemoteWriter::start_with(
+            vec![target(&format!("https://127.0.0.1:{port}/api/v1/write"))],
+            events.clone(),
+            fast_policy(),
+        );
+        let up = series(&[("__name__", "up"), ("env", "prod")]);
+        writer.push(&[(up, Sample { t: 1, v: 1.0 })]);
+        eventually("the batch failed", Duration::from_secs(10), async || {
+            (writer.stats()[0].failed_batches == 1).then_some(())
+        })
+        .await;
+        assert!(bodies.try_recv().is_err());
     }
 
     #[test]

@@ -109,19 +109,16 @@ pub(crate) fn read_monitoring(
                             "url = \"http://127.0.0.1:9090/api/v1/write\"",
                         ),
                     ) {
-                        if url.starts_with("https://") {
-                            report.value_error(
-                                url_entry.node.span.clone(),
-                                format!("remote_write URL '{url}' uses https, which tandem does not send yet"),
-                                "use an http:// URL (a local Prometheus, or a proxy in front of the receiver)",
-                            );
-                        } else if url
+                        if url
                             .strip_prefix("http://")
+                            .or_else(|| url.strip_prefix("https://"))
                             .is_none_or(|r| r.is_empty() || r.starts_with('/'))
                         {
                             report.value_error(
                                 url_entry.node.span.clone(),
-                                format!("remote_write URL '{url}' is not an http:// URL"),
+                                format!(
+                                    "remote_write URL '{url}' is not an http:// or https:// URL"
+                                ),
                                 "write it like \"http://127.0.0.1:9090/api/v1/write\"",
                             );
                         }

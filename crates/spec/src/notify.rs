@@ -156,21 +156,16 @@ fn read_receiver(report: &mut Report<'_>, item: &Node, section: &str) -> Option<
     Some((receiver, name_span))
 }
 
-/// Only `http://HOST...`: notifications are sent without TLS for now.
+/// Only `http://HOST...` or `https://HOST...`.
 fn check_url(report: &mut Report<'_>, entry: &Entry, url: &str, key: &str, example: &str) {
-    if url.starts_with("https://") {
-        report.value_error(
-            entry.node.span.clone(),
-            format!("{key} URL '{url}' uses https, which tandem does not send to yet"),
-            "use an http:// URL (a local relay or proxy in front of the service)",
-        );
-    } else if url
+    if url
         .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
         .is_none_or(|rest| rest.is_empty() || rest.starts_with('/') || rest.contains(' '))
     {
         report.value_error(
             entry.node.span.clone(),
-            format!("{key} URL '{url}' is not an http:// URL"),
+            format!("{key} URL '{url}' is not an http:// or https:// URL"),
             format!("write it like {example}"),
         );
     }

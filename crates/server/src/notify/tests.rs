@@ -434,3 +434,30 @@ async fn a_reload_keeps_unchanged_receivers_and_resolves_alerts_of_removed_group
     assert_eq!(after, Duration::from_secs(70), "the group kept its timing");
     assert_eq!(body["status"], "resolved");
 }
+
+/// A real send (no paused clock): a webhook over https reaches a server whose
+/// self-signed certificate the client trusts.
+#[tokio::test]
+async fn a_webhook_is_sent_over_https() {
+    let (port, cert, mut bodies) = crate::delivery::tls_server().await;
+    let events = Arc::new(Events::default());
+    let notifier = Notifier::with(
+        "dev",
+        events.clone(),
+        Policy::default(),
+        Transport::Http(Box::new(https_client(Some(cert)))),
+    );
+    let mut receiver = webhook("ops", 0, 300, 3600);
+    receiver.webhook = Some(format!("https://127.0.0.1:{port}/hook"));
+    receiver.group_wait = Some(Dur(Duration::from_millis(10)));
+    notifier.load(&system(vec![receiver], vec![]), "http://127.0.0.1:7300");
+    notifier.observe("g", &[alert("Down", "api", "a")], 1_000, INTERVAL);
+    let (path, body) = tokio::time::timeout(Duration::from_secs(10), bodies.recv())
+        .await
+        .expect("a notification within 10s")
+        .expect("the server runs");
+    assert_eq!(path, "/hook");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["status"], "firing");
+    assert_eq!(instances(&body, "firing"), ["a"]);
+}
