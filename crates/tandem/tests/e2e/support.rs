@@ -173,17 +173,29 @@ impl Project {
 
 impl Drop for Project {
     fn drop(&mut self) {
-        let pids = self.recorded_pids();
-        let server = self.server_pid();
+        // Remember each process with its start time: after `down`, a PID may already belong
+        // to another test's new process, which must not be killed.
+        let remembered: Vec<(i32, Option<u64>)> = self
+            .recorded_pids()
+            .into_iter()
+            .chain(self.server_pid())
+            .map(|pid| (pid, start_ticks(pid)))
+            .collect();
         let _ = self.command(&["down"]).output();
-        for pid in pids {
-            kill(-pid, libc::SIGKILL);
-            kill(pid, libc::SIGKILL);
-        }
-        if let Some(p) = server {
-            kill(p, libc::SIGKILL);
+        for (pid, ticks) in remembered {
+            if ticks.is_some() && start_ticks(pid) == ticks {
+                kill(-pid, libc::SIGKILL);
+                kill(pid, libc::SIGKILL);
+            }
         }
     }
+}
+
+/// Start time of a process (field 22 of /proc/PID/stat), to tell it from a reused PID.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 pub fn kill(pid: i32, signal: i32) {
