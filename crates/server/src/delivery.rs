@@ -132,3 +132,52 @@ pub(crate) async fn tls_server() -> (
     });
     (port, cert, bodies)
 }
+
+/// The largest part of an error answer's body kept for the message.
+const MAX_ERROR_BODY: usize = 512;
+
+/// Sends `request` and waits for its answer up to `timeout`. The answer's body is read
+/// either way: it frees the connection for the next request, and an error's body says why
+/// (Prometheus explains refused samples there).
+pub(crate) async fn exchange(
+    client: &HttpsClient,
+    request: hyper::Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<(), SendError> {
+    use http_body_util::{BodyExt, Limited};
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| SendError::Connection(error_chain(&e)))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_ERROR_BODY)
+            .collect()
+            .await
+            .map(|c| String::from_utf8_lossy(&c.to_bytes()).trim().to_string())
+            .unwrap_or_default();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(SendError::Status {
+                status: status.as_u16(),
+                body,
+            })
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or(Err(SendError::Timeout(timeout)))
+}
+
+/// The error and its causes, `: `-joined (hyper's own message alone says "client error").
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

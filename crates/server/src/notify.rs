@@ -29,9 +29,9 @@ mod payload;
 
 pub(crate) use payload::Observed;
 
-use crate::delivery::{HttpsClient, SendError, https_client};
+use crate::delivery::{HttpsClient, SendError, exchange, https_client};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::Uri;
 use hyper::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
 use payload::{GroupNotification, Labels, PostableAlert, label_text};
@@ -45,8 +45,6 @@ use tokio::time::Instant;
 
 /// The labels a webhook receiver groups by.
 pub(crate) const GROUP_BY: [&str; 3] = ["alertname", "service", "env"];
-/// How much of an error answer's body goes into the event.
-const MAX_ERROR_BODY: usize = 512;
 
 /// Delivery and Alertmanager settings; [`Policy::default`] is what the server uses, tests
 /// shrink it.
@@ -891,42 +889,8 @@ impl Delivery {
             )
             .body(Full::new(bytes))
             .map_err(|e| SendError::Request(e.to_string()))?;
-        let exchange = async {
-            let response = client
-                .request(request)
-                .await
-                .map_err(|e| SendError::Connection(error_chain(&e)))?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_ERROR_BODY)
-                .collect()
-                .await
-                .map(|c| String::from_utf8_lossy(&c.to_bytes()).trim().to_string())
-                .unwrap_or_default();
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(SendError::Status {
-                    status: status.as_u16(),
-                    body,
-                })
-            }
-        };
-        tokio::time::timeout(self.policy.timeout, exchange)
-            .await
-            .unwrap_or(Err(SendError::Timeout(self.policy.timeout)))
+        exchange(client, request, self.policy.timeout).await
     }
-}
-
-/// The error and its causes, `: `-joined (hyper's own message alone says "client error").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@
 //! it is full) and wakes that target's task; each task batches, encodes and POSTs on its
 //! own, so a slow or dead target costs memory up to its queue bound and nothing else.
 
-use crate::delivery::{HttpsClient, SendError, https_client};
+use crate::delivery::{HttpsClient, SendError, exchange, https_client};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::Uri;
 use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, USER_AGENT};
 use std::collections::{HashMap, VecDeque};
@@ -24,8 +24,6 @@ use tokio::time::Instant;
 
 /// The protocol's required version header value for remote write 1.0.
 const PROTOCOL_VERSION: &str = "0.1.0";
-/// How much of an error answer's body is read into the event.
-const MAX_ERROR_BODY: usize = 512;
 
 /// How each target queues, batches and retries. [`Policy::default`] is what the server uses;
 /// tests shrink the delays.
@@ -433,45 +431,8 @@ impl Sender {
             )
             .body(Full::new(body))
             .map_err(|e| SendError::Request(format!("cannot build the request: {e}")))?;
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| SendError::Connection(error_chain(&e)))?;
-            let status = response.status();
-            // Read the body either way: it frees the connection for the next request, and
-            // an error's body says why (Prometheus explains refused samples there).
-            let body = Limited::new(response.into_body(), MAX_ERROR_BODY)
-                .collect()
-                .await
-                .map(|c| String::from_utf8_lossy(&c.to_bytes()).trim().to_string())
-                .unwrap_or_default();
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(SendError::Status {
-                    status: status.as_u16(),
-                    body,
-                })
-            }
-        };
-        tokio::time::timeout(self.timeout, exchange)
-            .await
-            .unwrap_or(Err(SendError::Timeout(self.timeout)))
+        exchange(&self.client, request, self.timeout).await
     }
-}
-
-/// The error and its causes, `: `-joined (hyper's own message alone says "client error").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 // === impl FailureReporter ===
@@ -639,6 +600,7 @@ mod tests {
     //! receiver on a free loopback port), plus the queue, encoding and rate limit on their own.
 
     use super::*;
+    use http_body_util::BodyExt;
     use std::process::{Child, Command, Stdio};
     use tandem_spec::units::Dur;
 
