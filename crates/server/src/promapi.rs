@@ -46,6 +46,24 @@ fn failure(status: StatusCode, error_type: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// A blocking task that died (a panic in a query): Prometheus's `internal` error.
+fn internal_failure(e: tokio::task::JoinError) -> Response {
+    failure(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        &e.to_string(),
+    )
+}
+
+/// The store refused a read (a limit, a damaged block): an `execution` error.
+fn storage_failure(e: tandem_tsdb::QueryError) -> Response {
+    failure(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "execution",
+        &e.to_string(),
+    )
+}
+
 fn bad_data(e: BadParam) -> Response {
     failure(StatusCode::BAD_REQUEST, "bad_data", &e.0)
 }
@@ -248,11 +266,7 @@ async fn query(
     match result {
         Ok(Ok(body)) => query_success(body),
         Ok(Err(e)) => eval_failure(e),
-        Err(e) => failure(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &e.to_string(),
-        ),
+        Err(e) => internal_failure(e),
     }
 }
 
@@ -314,11 +328,7 @@ async fn query_range(
     match result {
         Ok(Ok(body)) => query_success(body),
         Ok(Err(e)) => eval_failure(e),
-        Err(e) => failure(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &e.to_string(),
-        ),
+        Err(e) => internal_failure(e),
     }
 }
 
@@ -387,16 +397,8 @@ async fn series(
     .await;
     match result {
         Ok(Ok(list)) => success(Json_::Array(list)),
-        Ok(Err(e)) => failure(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "execution",
-            &e.to_string(),
-        ),
-        Err(e) => failure(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &e.to_string(),
-        ),
+        Ok(Err(e)) => storage_failure(e),
+        Err(e) => internal_failure(e),
     }
 }
 
@@ -433,16 +435,8 @@ async fn labels(
     .await;
     match result {
         Ok(Ok(names)) => success(json!(names)),
-        Ok(Err(e)) => failure(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "execution",
-            &e.to_string(),
-        ),
-        Err(e) => failure(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &e.to_string(),
-        ),
+        Ok(Err(e)) => storage_failure(e),
+        Err(e) => internal_failure(e),
     }
 }
 
@@ -477,16 +471,8 @@ async fn label_values(
     .await;
     match result {
         Ok(Ok(values)) => success(json!(values)),
-        Ok(Err(e)) => failure(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "execution",
-            &e.to_string(),
-        ),
-        Err(e) => failure(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &e.to_string(),
-        ),
+        Ok(Err(e)) => storage_failure(e),
+        Err(e) => internal_failure(e),
     }
 }
 
