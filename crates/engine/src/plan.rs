@@ -219,9 +219,9 @@ fn changes_process(path: &str) -> bool {
 
 fn service_field_changes(name: &str, old: &Service, new: &Service) -> Vec<String> {
     let prefix = format!("service.{name}.");
-    let mut a = System::empty_like(name);
+    let mut a = empty_system(name);
     a.service.insert(name.to_string(), old.clone());
-    let mut b = System::empty_like(name);
+    let mut b = empty_system(name);
     b.service.insert(name.to_string(), new.clone());
     tandem_spec::diff(&a, &b)
         .into_iter()
@@ -250,22 +250,17 @@ pub fn field_changes_from_nothing(system: &System) -> Vec<FieldChange> {
     field_changes(&empty, system)
 }
 
-trait EmptySystem {
-    fn empty_like(name: &str) -> System;
-}
-
-impl EmptySystem for System {
-    fn empty_like(name: &str) -> System {
-        System {
-            name: name.to_string(),
-            env: String::new(),
-            server: Default::default(),
-            service: BTreeMap::new(),
-            alert: Vec::new(),
-            rule_files: Vec::new(),
-            monitoring: Default::default(),
-            receiver: Vec::new(),
-            route: Vec::new(),
-        }
+/// A system named `name` with nothing in it, to diff one service on its own.
+fn empty_system(name: &str) -> System {
+    System {
+        name: name.to_string(),
+        env: String::new(),
+        server: Default::default(),
+        service: BTreeMap::new(),
+        alert: Vec::new(),
+        rule_files: Vec::new(),
+        monitoring: Default::default(),
+        receiver: Vec::new(),
+        route: Vec::new(),
     }
 }

@@ -228,21 +228,15 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
             let _ = recovered_tx.send(true);
         });
     }
-    // CPU sampling and log housekeeping.
+    // Log housekeeping (CPU use for `status` comes from the collector's rounds).
     {
-        let runtime = runtime.clone();
         let logs = dir.logs_dir();
         let instances = dir.instances_dir();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
-            let mut n: u64 = 0;
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
             loop {
                 tick.tick().await;
-                runtime.sample_cpu();
-                n += 1;
-                if n.is_multiple_of(30) {
-                    logs::prune_old_logs(&logs, &instances, 20);
-                }
+                logs::prune_old_logs(&logs, &instances, 20);
             }
         });
     }

@@ -388,7 +388,7 @@ impl Runtime {
             map.values().map(|h| h.status.borrow().clone()).collect()
         };
         let groups = procfs::all_group_stats();
-        statuses
+        let all: Vec<(InstanceStatus, Usage)> = statuses
             .into_iter()
             .map(|s| {
                 let mut usage = Usage::default();
@@ -407,29 +407,28 @@ impl Runtime {
                 }
                 (s, usage)
             })
-            .collect()
+            .collect();
+        let readings: Vec<(String, f64)> = all
+            .iter()
+            .filter_map(|(s, u)| u.cpu_seconds.map(|c| (s.id.clone(), c)))
+            .collect();
+        self.record_cpu(&readings);
+        all
     }
 
-    /// Samples CPU of every running instance; call it periodically (the server does every 2 s).
-    pub fn sample_cpu(&self) {
-        let statuses: Vec<InstanceStatus> = {
-            let map = self.instances.lock().expect("instances lock");
-            map.values().map(|h| h.status.borrow().clone()).collect()
-        };
+    /// Turns cumulative CPU seconds into the CPU use `list` shows (cores, averaged since the
+    /// previous reading); `usage_all` feeds it on every collection round.
+    fn record_cpu(&self, readings: &[(String, f64)]) {
         let now = Instant::now();
         let mut samples = self.cpu_samples.lock().expect("cpu lock");
         let mut current = self.cpu_now.lock().expect("cpu lock");
-        samples.retain(|id, _| statuses.iter().any(|s| &s.id == id));
-        current.retain(|id, _| statuses.iter().any(|s| &s.id == id));
-        for s in statuses {
-            let Some(pid) = s.pid.filter(|_| s.state.is_up()) else {
-                continue;
-            };
-            let seconds = self.cpu_seconds_of(&s.id, pid);
-            if let Some((then, before)) = samples.insert(s.id.clone(), (now, seconds)) {
+        samples.retain(|id, _| readings.iter().any(|(r, _)| r == id));
+        current.retain(|id, _| readings.iter().any(|(r, _)| r == id));
+        for (id, seconds) in readings {
+            if let Some((then, before)) = samples.insert(id.clone(), (now, *seconds)) {
                 let elapsed = now.duration_since(then).as_secs_f64();
-                if elapsed > 0.0 && seconds >= before {
-                    current.insert(s.id.clone(), (seconds - before) / elapsed);
+                if elapsed > 0.0 && *seconds >= before {
+                    current.insert(id.clone(), (seconds - before) / elapsed);
                 }
             }
         }
@@ -446,15 +445,6 @@ impl Runtime {
             return (Some(usage), cg.memory_limit_bytes());
         }
         (Some(procfs::process_group_stats(pid).rss_bytes), None)
-    }
-
-    fn cpu_seconds_of(&self, id: &str, pid: i32) -> f64 {
-        if let Some(cg) = self.cgroups.open(&self.cgroup_group(id))
-            && let Some(s) = cg.cpu_usage_seconds()
-        {
-            return s;
-        }
-        procfs::process_group_stats(pid).cpu_seconds
     }
 
     fn status_receiver(&self, id: &str) -> Result<watch::Receiver<InstanceStatus>, RuntimeError> {
