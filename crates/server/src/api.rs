@@ -258,8 +258,8 @@ async fn down(State(state): State<Arc<AppState>>) -> Response {
                 }
                 let _ = tx.send(serde_json::json!({"down": true}).to_string()).await;
                 drop(tx);
-                // Let the answer reach the client before the listeners close.
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                // The graceful shutdown lets this answer's stream finish before the
+                // listeners close.
                 let _ = shutdown.send(true);
             }
             // A deployment holds the lock: nothing was stopped, the server stays.
