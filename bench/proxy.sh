@@ -21,12 +21,19 @@
 # which is most of either proxy's CPU time. wrk runs -c10 for 5 s after a 2 s warm-up;
 # counting starts and stops with the measured run.
 #
-# Usage: bench/proxy.sh    (ROUNDS=5 DURATION=10s CONNS=50 WARMUP=2s PROFILE=release by default)
+# MODE=polls runs tandem's proxy alone with tokio's poll-time histogram on
+# (examples/bench_proxy_polls.rs, built with --cfg tokio_unstable in target/polls) under one
+# measured wrk run, and prints wrk's latency distribution beside how long the proxy's task
+# polls took: long polls would hold every other connection up; short ones mean the latency
+# is queueing behind the other connections' work.
+#
+# Usage: bench/proxy.sh    (ROUNDS=7 DURATION=10s CONNS=50 WARMUP=2s PROFILE=release by default)
 #        MODE=callgrind bench/proxy.sh
+#        MODE=polls bench/proxy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-7}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-50}
@@ -45,8 +52,14 @@ fi
 
 # PROFILE=dist builds tandem's examples as the shipped binary is built (fat LTO).
 PROFILE=${PROFILE:-release}
-cargo build --profile "$PROFILE" --examples -p tandem-proxy
-bin=target/$PROFILE/examples
+if [ "$MODE" = polls ]; then
+    RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target/polls \
+        cargo build --profile "$PROFILE" --examples -p tandem-proxy
+    bin=target/polls/$PROFILE/examples
+else
+    cargo build --profile "$PROFILE" --examples -p tandem-proxy
+    bin=target/$PROFILE/examples
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -130,6 +143,33 @@ CONF
     echo "$(nginx -v 2>&1), $(valgrind --version)"
     awk '{ printf "%-8s %10d requests %14d instructions %8d per request\n", $1, $2, $3, $3 / $2; per[$1] = $3 / $2 }
          END { printf "tandem/nginx: %.2fx\n", per["tandem"] / per["nginx"] }' "$work/callgrind"
+    exit 0
+fi
+if [ "$MODE" = polls ]; then
+    seconds=${DURATION%s}
+    taskset -c 0 "$bin/bench_proxy_polls" "127.0.0.1:$tandem_port" "127.0.0.1:$backend_port" \
+        "$seconds" >"$work/polls" &
+    pids+=($!)
+    wait_http "$backend_port"
+    wait_http "$tandem_port"
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$tandem_port/" >/dev/null
+    # Measure from the start of a fresh reporting interval of the proxy.
+    lines=$(wc -l <"$work/polls")
+    for _ in $(seq $((seconds * 20 + 100))); do
+        [ "$(wc -l <"$work/polls")" -gt "$lines" ] && break
+        sleep 0.05
+    done
+    lines=$(wc -l <"$work/polls")
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$tandem_port/" \
+        >"$work/polls.wrk"
+    for _ in $(seq $((seconds * 20 + 100))); do
+        [ "$(wc -l <"$work/polls")" -gt "$lines" ] && break
+        sleep 0.05
+    done
+    echo "tandem's proxy alone, wrk -t1 -c$CONNS -d$DURATION --latency, cargo profile $PROFILE"
+    grep -E 'Requests/sec|^ +(50|75|90|99)%' "$work/polls.wrk"
+    echo "task polls during the measured run (poll time from: count, 10 us buckets):"
+    sed -n "$((lines + 1))p" "$work/polls"
     exit 0
 fi
 taskset -c 0 "$bin/bench_proxy" "127.0.0.1:$tandem_port" "127.0.0.1:$backend_port" &
@@ -233,7 +273,8 @@ for name in ("direct", "tandem", "nginx"):
     problems = [x[4] for x in runs if x[4]]
     if problems:
         print(f"warning: {name}: {problems}")
-    print(f"  {name} rounds req/s: " + ", ".join(f"{x[0]:.0f}" for x in runs))
+    print(f"  {name} rounds req/s: " + ", ".join(f"{x[0]:.0f}" for x in runs)
+          + "; p99: " + ", ".join(f"{x[2]:.0f}us" for x in runs))
 
 print()
 print(f"{'target':<8} {'req/s':>10} {'p50':>10} {'p99':>10} {'proxy CPU-s/1k req':>20}")
@@ -248,4 +289,12 @@ print("tandem/nginx per round: " + "; ".join(
     f"{t[0]/n[0]:.2f}x req/s, {t[3]/n[3]:.2f}x CPU" for t, n in pairs))
 print(f"tandem/nginx (median of per-round ratios): throughput {ratios[0]:.2f}x, "
       f"p50 {ratios[1]:.2f}x, p99 {ratios[2]:.2f}x, CPU per request {ratios[3]:.2f}x")
+# What each proxy adds to the tail: its p99 less direct's p99 in the same round.
+added = [(parse("tandem", r)[2] - d, parse("nginx", r)[2] - d)
+         for r, d in ((r, parse("direct", r)[2]) for r in range(1, rounds + 1))]
+print("added p99 (p99 - direct p99) per round, tandem/nginx: " + "; ".join(
+    f"{t:.0f}/{n:.0f}us" for t, n in added))
+print(f"added p99, median: tandem {statistics.median(t for t, _ in added):.0f}us, "
+      f"nginx {statistics.median(n for _, n in added):.0f}us; rounds where tandem adds "
+      f"at most nginx's: {sum(t <= n for t, n in added)} of {rounds}")
 PY
