@@ -9,6 +9,7 @@
 //! The file format is documented in `docs/system-file.md`.
 
 mod alert;
+pub mod analysis;
 mod check;
 mod diagnostic;
 mod diff;
@@ -25,6 +26,7 @@ mod service;
 mod starter;
 pub mod units;
 
+pub use analysis::{Analysis, NoData};
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use diff::{Change, changed_services, content_hash, diff};
 pub use graph::{dependents, graph_dot, graph_text, start_order};

@@ -299,7 +299,7 @@ pub enum RestartPolicy {
     Never,
 }
 
-/// `release = { strategy = "canary", ... }`: validated now, used by the deploy issue.
+/// `release = { strategy = "canary", ... }`: how a changed service is rolled out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "strategy", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Release {
@@ -323,6 +323,9 @@ pub enum Release {
         min_requests: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         keep_warm: Option<Dur>,
+        /// PromQL checks evaluated at the end of every step (see [`crate::Analysis`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        analysis: Vec<crate::analysis::Analysis>,
     },
 }
 

@@ -48,6 +48,7 @@ const RELEASE_KEYS: &[(&str, &[&str])] = &[
     ("max_error_rate", &["canary"]),
     ("max_p99", &["canary"]),
     ("min_requests", &["canary"]),
+    ("analysis", &["canary"]),
 ];
 /// Signals an instance may be asked to stop with.
 pub(crate) const STOP_SIGNALS: &[&str] = &[
@@ -207,7 +208,7 @@ pub(crate) fn read_service(
         service.metrics = Some(path.to_string());
     }
     if let Some(release) = table.get("release") {
-        service.release = read_release(report, release, section);
+        service.release = read_release(report, release, section, name);
     }
     service.protocol = match service.health.as_ref().map(|h| &h.check) {
         Some(HealthCheck::Http(_)) => Protocol::Http,
@@ -612,7 +613,12 @@ fn read_stop(report: &mut Report<'_>, entry: &Entry, section: &str) -> Stop {
     stop
 }
 
-fn read_release(report: &mut Report<'_>, entry: &Entry, section: &str) -> Option<Release> {
+fn read_release(
+    report: &mut Report<'_>,
+    entry: &Entry,
+    section: &str,
+    service_name: &str,
+) -> Option<Release> {
     let section = format!("{}.release]", section.trim_end_matches(']'));
     let table = report.table(
         entry,
@@ -708,6 +714,10 @@ fn read_release(report: &mut Report<'_>, entry: &Entry, section: &str) -> Option
                     );
                 }
             }
+            let analysis = table
+                .get("analysis")
+                .map(|entry| crate::analysis::read_analysis(report, entry, &section, service_name))
+                .unwrap_or_default();
             Some(Release::Canary {
                 steps,
                 step_time: step_time.unwrap_or(Dur::from_secs(30)),
@@ -715,6 +725,7 @@ fn read_release(report: &mut Report<'_>, entry: &Entry, section: &str) -> Option
                 max_p99,
                 min_requests,
                 keep_warm,
+                analysis,
             })
         }
     }
