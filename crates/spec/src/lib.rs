@@ -32,7 +32,10 @@ pub use diff::{Change, changed_services, content_hash, diff};
 pub use graph::{dependents, graph_dot, graph_text, start_order};
 pub use interpolate::{interpolate, is_variable_name};
 pub use model::*;
-pub use notify::{DEFAULT_GROUP_INTERVAL, DEFAULT_GROUP_WAIT, DEFAULT_REPEAT_INTERVAL};
+pub use notify::{
+    DEFAULT_GROUP_BY, DEFAULT_GROUP_INTERVAL, DEFAULT_GROUP_WAIT, DEFAULT_REPEAT_INTERVAL,
+    GROUP_BY_ALL, MatchOp, Matcher, MatcherError,
+};
 pub use render::{render_json, render_toml};
 pub use resolve::{environments, load, resolve, validate_all};
 pub use starter::STARTER_FILE;

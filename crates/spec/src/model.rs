@@ -373,6 +373,11 @@ pub struct Receiver {
     /// Default 4h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat_interval: Option<Dur>,
+    /// The labels a webhook receiver groups alerts by. Default `["alertname", "service",
+    /// "env"]`; `["..."]` groups by every label (each alert its own group), `[]` makes one
+    /// group of all the receiver's alerts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_by: Option<Vec<String>>,
 }
 
 /// `format = "json" | "slack"` of a webhook receiver.
@@ -393,14 +398,18 @@ impl WebhookFormat {
     }
 }
 
-/// `[[route]]`: alerts whose labels equal every `match` entry go to `receiver`. Routes are
-/// checked in order; the first that matches decides, unless it says `continue = true`.
+/// `[[route]]`: alerts whose labels equal every `match` entry and satisfy every
+/// `matchers` entry go to `receiver`. Routes are checked in order; the first that matches
+/// decides, unless it says `continue = true`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Label equalities; empty matches every alert.
     #[serde(rename = "match", default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub matchers: BTreeMap<String, String>,
+    pub match_: BTreeMap<String, String>,
+    /// Alertmanager-style matchers (`=`, `!=`, `=~`, `!~`); empty matches every alert.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matchers: Vec<crate::notify::Matcher>,
     pub receiver: String,
     /// Keep checking the routes after this one when it matches. Default false.
     #[serde(rename = "continue", default)]
@@ -408,11 +417,13 @@ pub struct Route {
 }
 
 impl Route {
-    /// Whether every `match` label of the route has the alert's value.
+    /// Whether every `match` label of the route has the alert's value and every matcher
+    /// holds (a label the alert lacks counts as the empty string, as in Alertmanager).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.matchers
+        self.match_
             .iter()
             .all(|(k, v)| labels.get(k).map_or(v.is_empty(), |have| have == v))
+            && self.matchers.iter().all(|m| m.matches(labels))
     }
 }
 
