@@ -5,7 +5,7 @@
 //!   server.lock             flock'd by the running server: one server per directory
 //!   server.json             pid, start time, listen address of the running server
 //!   server.sock             the API over a Unix socket (0600)
-//!   server.log              the server's own log when it runs in the background
+//!   server.log              the server's own log when it runs in the background, rotated by size
 //!   token                   bearer token for the HTTP listener (0600)
 //!   state.db                revisions and events (SQLite, WAL)
 //!   instances/<id>/         one folder per instance: launch.json, child.json, exit.json, meta.json

@@ -23,6 +23,7 @@ mod remote_write;
 mod rules;
 mod scrape;
 mod self_metrics;
+mod server_log;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,11 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 pub use files::{DataDir, ServerRecord};
+
+/// Size at which a log file (an instance's, or `server.log`) is rotated.
+const LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Rotated files kept per log.
+const LOG_MAX_FILES: u32 = 5;
 
 /// How to run a server.
 #[derive(Clone, Debug)]
@@ -99,6 +105,12 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
             dir: dir.root().display().to_string(),
             pid,
         })?;
+    // In the background our stdout and stderr append to server.log: rotate it by size.
+    if let Some(log) =
+        server_log::ServerLog::for_fds(&dir.log_file(), &[1, 2], LOG_MAX_BYTES, LOG_MAX_FILES)
+    {
+        log.spawn();
+    }
     let token = dir
         .read_or_create_token()
         .map_err(|e| ServerError::Io(format!("cannot create the token file: {e}")))?;
@@ -112,8 +124,8 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
             logs_dir: dir.logs_dir(),
             shim_exe: config.shim_exe.clone(),
             cgroup_prefix: format!("tandem/{}", dir.cgroup_name(&config.env)),
-            log_max_bytes: 10 * 1024 * 1024,
-            log_max_files: 5,
+            log_max_bytes: LOG_MAX_BYTES,
+            log_max_files: LOG_MAX_FILES,
         },
         recorder.clone(),
     );

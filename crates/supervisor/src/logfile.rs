@@ -116,29 +116,34 @@ impl RotatingLog {
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        let path = &self.settings.path;
-        let keep = self.settings.max_files;
-        // Files past the budget (left over from a larger `max_files`) go first.
-        let mut n = keep + 1;
-        while rotated_path(path, n).exists() {
-            remove_if_present(&rotated_path(path, n))?;
-            n += 1;
-        }
-        if keep == 0 {
-            remove_if_present(path)?;
-        } else {
-            for n in (1..keep).rev() {
-                let from = rotated_path(path, n);
-                if from.exists() {
-                    fs::rename(&from, rotated_path(path, n + 1))?;
-                }
-            }
-            fs::rename(path, rotated_path(path, 1))?;
-        }
-        self.file = open_append(path)?;
+        rotate_files(&self.settings.path, self.settings.max_files)?;
+        self.file = open_append(&self.settings.path)?;
         self.size = 0;
         Ok(())
     }
+}
+
+/// Moves `path` to `path.1`, `path.1` to `path.2`, ..., keeping `keep` rotated files (none:
+/// `path` is removed). The caller opens a new `path`. Also used for the server's own log.
+pub fn rotate_files(path: &Path, keep: u32) -> io::Result<()> {
+    // Files past the budget (left over from a larger `max_files`) go first.
+    let mut n = keep + 1;
+    while rotated_path(path, n).exists() {
+        remove_if_present(&rotated_path(path, n))?;
+        n += 1;
+    }
+    if keep == 0 {
+        remove_if_present(path)?;
+    } else {
+        for n in (1..keep).rev() {
+            let from = rotated_path(path, n);
+            if from.exists() {
+                fs::rename(&from, rotated_path(path, n + 1))?;
+            }
+        }
+        fs::rename(path, rotated_path(path, 1))?;
+    }
+    Ok(())
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
