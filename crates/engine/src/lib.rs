@@ -9,7 +9,8 @@
 //! earlier revision, by a traffic switch when its instances are still warm. The same
 //! comparison, run against the live revision, is how a restarted server recovers
 //! ([`Engine::recover`]). Which instance takes what share of traffic lives in `routing`;
-//! dependency edges and their ports in `edges`.
+//! dependency edges and their ports in `edges`; the warm pool's file, which keeps warm
+//! instances warm across a server restart, in `warm`.
 
 pub mod collect;
 pub mod deploy;
@@ -18,6 +19,7 @@ pub mod exposition;
 pub mod plan;
 mod rollback;
 pub mod routing;
+pub mod warm;
 
 pub use deploy::{DeployError, DeployOptions};
 
@@ -39,6 +41,7 @@ use tandem_spec::System;
 use tandem_store::Store;
 use tandem_supervisor::runtime::{InstanceRequest, Runtime};
 use tokio::sync::mpsc;
+use warm::WarmStore;
 
 /// How long an unchanged dependency may take to become healthy before dependents start.
 const DEPENDENCY_WAIT: Duration = Duration::from_secs(60);
@@ -49,6 +52,8 @@ pub struct EngineConfig {
     pub env: String,
     /// The edge-port allocation (`edges.json` in the data directory).
     pub edges_file: PathBuf,
+    /// The warm pool, kept across server restarts (`warm.json` in the data directory).
+    pub warm_file: PathBuf,
 }
 
 /// Plans, deploys and rolls back revisions for one environment.
@@ -64,6 +69,8 @@ pub struct Engine {
     /// What holds `deploy_lock`, for `status` and for the message a second deploy gets.
     current: Mutex<Option<DeployInProgress>>,
     routing: Mutex<Routing>,
+    /// Where the warm pool of `routing` is written whenever it changes.
+    warm_store: WarmStore,
 }
 
 impl std::fmt::Debug for Engine {
@@ -120,6 +127,7 @@ impl Engine {
             deploy_lock: tokio::sync::Mutex::new(()),
             current: Mutex::new(None),
             routing: Mutex::new(Routing::default()),
+            warm_store: WarmStore::new(config.warm_file),
         });
         // Keep the proxy's backends in line with health changes.
         let weak = Arc::downgrade(&engine);
@@ -161,6 +169,9 @@ impl Engine {
                     }
                     out
                 };
+                if !expired.is_empty() {
+                    engine.save_warm();
+                }
                 for id in expired {
                     tracing::info!("{id}: keep_warm is over; stopping it");
                     let _ = engine.runtime.stop(&id).await;
@@ -182,12 +193,22 @@ impl Engine {
         &self.proxy
     }
 
-    /// Points every listener at the healthy instances that take its service's traffic.
+    /// Points every listener at the healthy instances that take its service's traffic, and
+    /// writes the warm pool down when it changed. Every change of routing ends here (a
+    /// switch, a retirement into the warm pool, a rollback that takes warm instances), so
+    /// the file follows the pool without each of them saving it.
     pub(crate) fn update_backends(&self) {
         self.routing
             .lock()
             .expect("routing lock")
             .apply(&self.proxy, &self.runtime);
+        self.save_warm();
+    }
+
+    /// Writes the warm pool to its file when it changed since the last write.
+    pub(crate) fn save_warm(&self) {
+        self.warm_store
+            .save(|| self.routing.lock().expect("routing lock").warm.clone());
     }
 
     /// Takes the deploy lock, or says who holds it.
@@ -424,15 +445,18 @@ impl Engine {
 
     /// After a server restart: re-attach to the running instances, settle an interrupted
     /// deployment (its revision is failed; its instances stop; traffic goes to the live
-    /// revision), and start what is missing, unless the environment was taken down on
-    /// purpose (`start_missing` false: after `tandem down` nothing starts again until the
-    /// next deploy).
+    /// revision), keep warm what the previous server kept warm (while its `keep_warm` lasts),
+    /// and start what is missing, unless the environment was taken down on purpose
+    /// (`start_missing` false: after `tandem down` nothing starts again until the next
+    /// deploy).
     pub async fn recover(
         &self,
         progress: Option<Progress>,
         start_missing: bool,
     ) -> Result<(), StateError> {
         let _guard = self.deploy_lock.lock().await;
+        // Read before anything could write the (still empty) pool over it.
+        let kept_warm = self.read_warm_pool();
         for number in self.store.recover_interrupted(&self.env)? {
             self.emit(
                 EventKind::ApplyFailed,
@@ -453,32 +477,41 @@ impl Engine {
             // Nothing was ever live (whatever runs belongs to a failed first apply), or the
             // environment was taken down: nothing should run.
             _ => {
-                join_all(reattached.iter().map(|id| self.runtime.stop(id))).await;
+                join_all(reattached.iter().map(|r| self.runtime.stop(&r.id))).await;
+                self.routing.lock().expect("routing lock").warm.clear();
+                self.save_warm();
                 return Ok(());
             }
         };
         if let Err(e) = self.open_listeners(&live.system).await {
             say(&progress, format!("recovery: {e}"));
         }
-        // Route each service to the instances that run its live definition; stop the rest.
+        // Keep warm what is still warm; route each service to the instances that run its live
+        // definition; stop the rest.
+        let (warm, given_up) = self.restore_warm(kept_warm, &reattached, &live.system);
         let templates = self.templates(&live.system);
-        let mut strays = Vec::new();
+        let mut strays = given_up.clone();
         {
             let mut routing = self.routing.lock().expect("routing lock");
             routing.weights.clear();
-            routing.warm.clear();
+            routing.warm = warm;
+            let warm_ids = routing.warm_ids();
             for service in self.runtime.services() {
                 let Some(spec) = live.system.service.get(&service) else {
                     strays.extend(
                         self.runtime
                             .instances_of(&service)
                             .into_iter()
-                            .map(|(id, _, _)| id),
+                            .map(|(id, _, _)| id)
+                            .filter(|id| !given_up.contains(id)),
                     );
                     continue;
                 };
                 let mut by_index: BTreeMap<u32, String> = BTreeMap::new();
                 for (id, index, hash) in self.runtime.instances_of(&service) {
+                    if warm_ids.contains(&id) || given_up.contains(&id) {
+                        continue;
+                    }
                     if hash == templates[&service].hash
                         && index < spec.replicas
                         && !by_index.contains_key(&index)
@@ -552,6 +585,7 @@ impl Engine {
             routing.weights.clear();
             routing.warm.clear();
         }
+        self.save_warm();
         for service in order {
             let ids: Vec<String> = self
                 .runtime

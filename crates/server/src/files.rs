@@ -8,6 +8,7 @@
 //!   server.log              the server's own log when it runs in the background, rotated by size
 //!   token                   bearer token for the HTTP listener (0600)
 //!   state.db                revisions and events (SQLite, WAL)
+//!   warm.json               the warm pool: instances kept warm for a rollback, and until when
 //!   instances/<id>/         one folder per instance: launch.json, child.json, exit.json, meta.json
 //!   logs/<service>/<id>.log service output, rotated by size
 //! ```
@@ -92,6 +93,9 @@ impl DataDir {
     }
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")
+    }
+    pub fn warm_file(&self) -> PathBuf {
+        self.root.join("warm.json")
     }
 
     /// Creates the folder tree, owner-only.

@@ -150,6 +150,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         tandem_engine::EngineConfig {
             env: config.env.clone(),
             edges_file: dir.root().join("edges.json"),
+            warm_file: dir.warm_file(),
         },
         store.clone(),
         runtime.clone(),

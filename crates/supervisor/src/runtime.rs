@@ -122,6 +122,15 @@ struct InstanceHandle {
     done: watch::Receiver<bool>,
 }
 
+/// An instance [`Runtime::reattach_all`] found on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reattached {
+    pub id: String,
+    /// Its process still ran under its shim. False when it ended while no server watched
+    /// (its exit is handled by its restart policy now), or when it was being stopped.
+    pub was_running: bool,
+}
+
 /// What an instance uses now (absent while no process runs).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Usage {
@@ -238,8 +247,9 @@ impl Runtime {
 
     /// Re-attaches to every instance recorded on disk (after a server restart). Instances that
     /// were being stopped are stopped; those whose process ended meanwhile are handled by
-    /// their restart policy. Returns the ids now supervised.
-    pub fn reattach_all(self: &Arc<Self>) -> Vec<String> {
+    /// their restart policy. Returns the instances now supervised, each with whether its
+    /// process was still running.
+    pub fn reattach_all(self: &Arc<Self>) -> Vec<Reattached> {
         let Ok(entries) = std::fs::read_dir(&self.config.instances_dir) else {
             return Vec::new();
         };
@@ -259,7 +269,10 @@ impl Runtime {
                 continue;
             }
             let attach = attach_existing(&dir);
-            ids.push(meta.id.clone());
+            ids.push(Reattached {
+                id: meta.id.clone(),
+                was_running: meta.should_run && matches!(attach, Attach::Running { .. }),
+            });
             self.spawn_task(dir, meta, Some(attach));
         }
         ids

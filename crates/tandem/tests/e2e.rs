@@ -4,6 +4,7 @@
 #![allow(unreachable_pub)]
 mod e2e {
     pub mod support;
+    pub mod warm;
 }
 
 use e2e::support::Seen;
