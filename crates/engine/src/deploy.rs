@@ -6,8 +6,9 @@
 //!   waits for their health, moves all traffic at once; the old ones drain and stop, or with
 //!   `keep_warm` stay running without traffic so a rollback is a switch.
 //! - `canary` moves traffic in `steps`, holds each for `step_time` and judges the new
-//!   revision on the proxy's own figures for that window (see [`judge`]); a breach puts all
-//!   traffic back on the old instances and stops the new ones.
+//!   revision on the proxy's own figures for that window (see [`judge`]) and on its
+//!   `analysis` queries over the monitoring store (see [`crate::analysis`]); a breach puts
+//!   all traffic back on the old instances and stops the new ones.
 //!
 //! Old instances of every service keep running until the whole revision is live, so a
 //! failure in a later service still finds the earlier services' old instances there to take
@@ -452,6 +453,7 @@ impl Engine {
                 max_error_rate,
                 max_p99,
                 min_requests,
+                analysis,
                 ..
             }),
             true,
@@ -461,6 +463,12 @@ impl Engine {
                 max_error_rate: *max_error_rate,
                 max_p99: max_p99.map(|d| d.0),
                 min_requests: min_requests.unwrap_or(DEFAULT_MIN_REQUESTS),
+            };
+            // The revision the canary's queries compare with: the one live before this
+            // deploy (0 on a first deploy, when nothing is).
+            let old_revision = match self.store.live(&self.env) {
+                Ok(live) => live.map_or(0, |live| live.number),
+                Err(e) => return Err(failure(format!("service '{name}': {e}"))),
             };
             run.switched.push((name.to_string(), serving.to_vec()));
             let total = steps.len();
@@ -494,9 +502,9 @@ impl Engine {
                 let outcome = self
                     .hold_and_judge(
                         name,
-                        revision,
+                        (revision, old_revision),
                         step_time.0,
-                        &limits,
+                        (&limits, analysis),
                         progress,
                         &format!("step {}/{total} ({pct}%)", i + 1),
                     )
@@ -535,7 +543,7 @@ impl Engine {
                     let g = outcome.iter().find(|g| !g.passed).expect("a failed gate");
                     return Err(Failure {
                         message: format!(
-                            "service '{name}': canary step {}/{total} ({pct}% to revision {revision}): {} {} > allowed {}",
+                            "service '{name}': canary step {}/{total} ({pct}% to revision {revision}): {} {}, allowed {}",
                             i + 1,
                             g.check,
                             g.measured,
@@ -628,8 +636,50 @@ impl Engine {
     }
 
     /// Holds a canary step for `step_time` (longer while the new revision has too few
-    /// requests, up to [`MAX_HOLDS`] times) and judges the window.
+    /// requests, up to [`MAX_HOLDS`] times) and judges the window: the proxy's figures
+    /// every second (a clear breach ends the step at once), then at the end the analysis
+    /// queries too, if the proxy's figures passed.
     async fn hold_and_judge(
+        &self,
+        name: &str,
+        (revision, old_revision): (u64, u64),
+        step_time: Duration,
+        (limits, checks): (&CanaryLimits, &[tandem_spec::Analysis]),
+        progress: &Option<Progress>,
+        step: &str,
+    ) -> Vec<GateResult> {
+        let started = tokio::time::Instant::now();
+        let mut gates = self
+            .hold_and_judge_traffic(name, revision, step_time, limits, progress, step)
+            .await;
+        if checks.is_empty() || gates.iter().any(|g| !g.passed) {
+            return gates;
+        }
+        let variables = crate::analysis::StepVariables {
+            env: &self.env,
+            service: name,
+            revision,
+            old_revision,
+            held: started.elapsed(),
+        };
+        match &self.analysis {
+            Some(querier) => gates.extend(crate::analysis::evaluate(
+                querier.as_ref(),
+                checks,
+                &variables,
+            )),
+            None => gates.extend(checks.iter().map(|check| GateResult {
+                check: format!("analysis '{}'", check.name),
+                measured: "not evaluated: no monitoring store to query".into(),
+                allowed: String::new(),
+                passed: false,
+            })),
+        }
+        gates
+    }
+
+    /// The proxy's side of [`Engine::hold_and_judge`].
+    async fn hold_and_judge_traffic(
         &self,
         name: &str,
         revision: u64,

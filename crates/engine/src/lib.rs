@@ -12,6 +12,7 @@
 //! dependency edges and their ports in `edges`; the warm pool's file, which keeps warm
 //! instances warm across a server restart, in `warm`.
 
+pub mod analysis;
 pub mod collect;
 pub mod deploy;
 pub mod edges;
@@ -47,13 +48,16 @@ use warm::WarmStore;
 const DEPENDENCY_WAIT: Duration = Duration::from_secs(60);
 
 /// Where an engine keeps what it needs beside the store.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EngineConfig {
     pub env: String,
     /// The edge-port allocation (`edges.json` in the data directory).
     pub edges_file: PathBuf,
     /// The warm pool, kept across server restarts (`warm.json` in the data directory).
     pub warm_file: PathBuf,
+    /// Evaluates canary `analysis` queries; without one, a canary that lists any fails its
+    /// step with "no monitoring store to query".
+    pub analysis: Option<Arc<dyn analysis::AnalysisQuerier>>,
 }
 
 /// Plans, deploys and rolls back revisions for one environment.
@@ -71,6 +75,7 @@ pub struct Engine {
     routing: Mutex<Routing>,
     /// Where the warm pool of `routing` is written whenever it changes.
     warm_store: WarmStore,
+    analysis: Option<Arc<dyn analysis::AnalysisQuerier>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -128,6 +133,7 @@ impl Engine {
             current: Mutex::new(None),
             routing: Mutex::new(Routing::default()),
             warm_store: WarmStore::new(config.warm_file),
+            analysis: config.analysis,
         });
         // Keep the proxy's backends in line with health changes.
         let weak = Arc::downgrade(&engine);

@@ -151,6 +151,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
             env: config.env.clone(),
             edges_file: dir.root().join("edges.json"),
             warm_file: dir.warm_file(),
+            analysis: Some(monitor.clone()),
         },
         store.clone(),
         runtime.clone(),

@@ -343,6 +343,27 @@ impl Monitor {
     }
 }
 
+/// Canary analysis queries (a canary `release`'s `analysis`) are instant queries over this
+/// store at the current time.
+impl tandem_engine::analysis::AnalysisQuerier for Monitor {
+    fn instant(&self, query: &str) -> Result<Vec<f64>, String> {
+        let value = self
+            .engine
+            .instant(self.db.as_ref(), query, tandem_api::now_ms())
+            .map_err(|e| e.to_string())?;
+        match value {
+            tandem_promql::Value::Scalar { v, .. } => Ok(vec![v]),
+            tandem_promql::Value::Vector(samples) => {
+                Ok(samples.into_iter().map(|(_, sample)| sample.v).collect())
+            }
+            other => Err(format!(
+                "the query gives a {}, not a number: use an instant vector or a scalar",
+                other.type_name()
+            )),
+        }
+    }
+}
+
 /// Appends a staleness marker at `t` for every series of `before` missing from `seen`.
 pub(crate) fn mark_stale(
     before: &HashSet<Labels>,

@@ -814,6 +814,70 @@ fn a_canary_that_breaches_its_error_rate_is_rolled_back_automatically() {
 }
 
 #[test]
+fn canary_analysis_queries_judge_each_step_on_the_monitoring_store() {
+    let port = free_port();
+    // The canary must have been seen serving (its own series, by revision) and without 5xx.
+    let passing = r#"{ strategy = "canary", steps = [50, 100], step_time = "3s", min_requests = 5, analysis = [{ name = "traffic", min = 0.5, query = 'sum(rate(tandem_http_requests_total{service="{{ service }}", revision="{{ revision }}"}[{{ window }}]))' }, { name = "errors", max = 0.05, query = 'sum(rate(tandem_http_requests_total{service="{{ service }}", revision="{{ revision }}", code="5xx"}[{{ window }}])) or vector(0)' }] }"#;
+    let p = Project::new(&web_version(port, "v1", passing, ""));
+    p.up().ok();
+    let load = Load::start(port, "/hello");
+    load.wait_answers(5);
+    p.set_system(&web_version(port, "v2", passing, ""));
+    let out = p.run(&["deploy"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stderr.contains("analysis 'traffic'") && out.stderr.contains("analysis 'errors' 0"),
+        "{}",
+        out.stderr
+    );
+    let deployments: Vec<tandem_api::Deployment> =
+        serde_json::from_str(&p.run(&["deployments", "--output", "json"]).ok().stdout).unwrap();
+    let traffic = deployments[0]
+        .steps
+        .iter()
+        .flat_map(|s| &s.gates)
+        .find(|g| g.check == "analysis 'traffic'")
+        .unwrap_or_else(|| panic!("no analysis gate: {:#?}", deployments[0]));
+    let rate: f64 = traffic.measured.parse().expect("a number");
+    assert!(traffic.passed && rate >= 0.5, "{traffic:?}");
+    assert_eq!(traffic.allowed, ">= 0.5");
+
+    // The new revision's own memory, read from the store, is over its bound: the step
+    // fails on the query alone (the proxy's figures are clean), and traffic goes back.
+    let failing = r#"{ strategy = "canary", steps = [50, 100], step_time = "3s", min_requests = 5, analysis = [{ name = "memory", max = 1000, query = 'max(tandem_instance_memory_rss_bytes{service="{{ service }}", revision="{{ revision }}"})' }] }"#;
+    p.set_system(&web_version(port, "v3", failing, ""));
+    let out = p.run(&["deploy"]);
+    let (_seen, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "requests without an answer: {failures:?}"
+    );
+    assert_eq!(out.code, 3, "rolled back automatically\n{}", out.all());
+    assert!(
+        out.stderr.contains("analysis 'memory'") && out.stderr.contains("allowed <= 1000"),
+        "{}",
+        out.stderr
+    );
+    for _ in 0..10 {
+        assert_eq!(http_get(port, "/hello").unwrap(), (200, "v2\n".to_string()));
+    }
+    let history = p.history();
+    assert_eq!(history[0].status, tandem_api::RevisionStatus::Failed);
+    let reason = history[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("analysis 'memory'"), "{reason}");
+    let deployments: Vec<tandem_api::Deployment> =
+        serde_json::from_str(&p.run(&["deployments", "--output", "json"]).ok().stdout).unwrap();
+    let memory = deployments[0]
+        .steps
+        .iter()
+        .flat_map(|s| &s.gates)
+        .find(|g| g.check == "analysis 'memory'")
+        .unwrap_or_else(|| panic!("no analysis gate: {:#?}", deployments[0]));
+    let bytes: f64 = memory.measured.parse().expect("bytes");
+    assert!(!memory.passed && bytes > 1e6, "{memory:?}");
+}
+
+#[test]
 fn a_rollback_while_warm_is_a_quick_switch_and_marks_what_it_left() {
     let port = free_port();
     let release = "{ strategy = \"blue-green\", keep_warm = \"5m\" }";
