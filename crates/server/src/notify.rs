@@ -6,12 +6,15 @@
 //! delays only itself: `observe` only updates in-memory state and wakes the task, and
 //! evaluation never waits for a delivery.
 //!
-//! - A webhook receiver groups alerts the way an Alertmanager route with
-//!   `group_by = [alertname, service, env]` does: the first notification of a new group
+//! - A webhook receiver groups alerts the way an Alertmanager route does, by its
+//!   `group_by` (default `[alertname, service, env]`): the first notification of a new group
 //!   after `group_wait`, then at most one every `group_interval`, sent only when the group
 //!   changed (an alert started firing or resolved) or `repeat_interval` passed since the
 //!   last one while something still fires (Alertmanager's `DedupStage` rule). Resolved
-//!   alerts leave the group once their resolution was delivered.
+//!   alerts leave the group once their resolution was delivered. What each group was last
+//!   told is also written to the data directory (`log.rs`), and a restarted server starts
+//!   from it: groups already told are not told again before `repeat_interval`, and alerts
+//!   told firing that ended meanwhile are told resolved.
 //! - An Alertmanager receiver gets what Prometheus sends: every firing alert on its first
 //!   evaluation and again every minute (its `--rules.alert.resend-delay`), with `endsAt`
 //!   four evaluation intervals (at least four minutes) ahead, and every resolved alert with
@@ -25,6 +28,7 @@
 //! bury everything else), and failures to an Alertmanager are reported at most once a
 //! minute.
 
+mod log;
 mod payload;
 
 pub(crate) use payload::Observed;
@@ -34,17 +38,17 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Uri;
 use hyper::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
+use log::{GroupLog, LoggedAlert};
 use payload::{GroupNotification, Labels, PostableAlert, label_text};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tandem_api::{Event, EventKind, EventSink, now_ms};
 use tandem_spec::{Receiver, Route, System, WebhookFormat};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-/// The labels a webhook receiver groups by.
-pub(crate) const GROUP_BY: [&str; 3] = ["alertname", "service", "env"];
 
 /// Delivery and Alertmanager settings; [`Policy::default`] is what the server uses, tests
 /// shrink it.
@@ -66,6 +70,30 @@ struct Policy {
     capacity: usize,
     /// At most one failure event per Alertmanager receiver per this interval.
     event_interval: Duration,
+    /// Wall-clock time for the notification log.
+    clock: Clock,
+}
+
+/// Wall-clock milliseconds, read off tokio's clock from a fixed point: the log's times are
+/// wall-clock (they outlive the process), while every timer runs on tokio's clock, so tests
+/// on a paused clock see both move together.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    wall_ms: i64,
+    at: Instant,
+}
+
+impl Clock {
+    fn system() -> Clock {
+        Clock {
+            wall_ms: now_ms(),
+            at: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.wall_ms + i64::try_from((Instant::now() - self.at).as_millis()).unwrap_or(i64::MAX)
+    }
 }
 
 impl Default for Policy {
@@ -81,6 +109,7 @@ impl Default for Policy {
             batch: 64,
             capacity: 10_000,
             event_interval: Duration::from_secs(60),
+            clock: Clock::system(),
         }
     }
 }
@@ -92,6 +121,8 @@ pub(crate) struct Notifier {
     policy: Policy,
     transport: Transport,
     counts: Arc<Mutex<BTreeMap<(String, &'static str), u64>>>,
+    /// Where webhook receivers keep their notification logs; `None` keeps them in memory.
+    log_dir: Option<PathBuf>,
     config: Mutex<Config>,
 }
 
@@ -103,17 +134,22 @@ struct Config {
     external_url: String,
     /// The rule groups heard from, so alerts of a group that went away resolve.
     sources: BTreeSet<String>,
+    /// The rule groups that exist, once the rules said (see `retain_sources`): alerts a
+    /// receiver's log names from another group resolve.
+    live_sources: Option<BTreeSet<String>>,
 }
 
 // === impl Notifier ===
 
 impl Notifier {
-    pub(crate) fn new(env: &str, sink: Arc<dyn EventSink>) -> Arc<Notifier> {
+    /// A notifier whose webhook receivers keep their logs in `data_dir/notifications`.
+    pub(crate) fn new(env: &str, sink: Arc<dyn EventSink>, data_dir: &Path) -> Arc<Notifier> {
         Notifier::with(
             env,
             sink,
             Policy::default(),
             Transport::Http(Box::new(https_client(None))),
+            Some(data_dir.join("notifications")),
         )
     }
 
@@ -122,6 +158,7 @@ impl Notifier {
         sink: Arc<dyn EventSink>,
         policy: Policy,
         transport: Transport,
+        log_dir: Option<PathBuf>,
     ) -> Arc<Notifier> {
         Arc::new(Notifier {
             env: env.to_string(),
@@ -129,13 +166,16 @@ impl Notifier {
             policy,
             transport,
             counts: Arc::default(),
+            log_dir,
             config: Mutex::default(),
         })
     }
 
     /// Takes `system`'s receivers and routes. A receiver whose settings did not change
-    /// keeps its state (groups, what was sent when); the others start afresh.
-    /// `external_url` is the server's HTTP address, for links in notifications.
+    /// keeps its state (groups, what was sent when); the others start from their
+    /// notification log, if they have one with the same `group_by`. The logs of receivers
+    /// that are gone are deleted. `external_url` is the server's HTTP address, for links in
+    /// notifications.
     pub(crate) fn load(&self, system: &System, external_url: &str) {
         let mut config = self.config.lock().expect("notifier lock");
         config.routes = system.route.clone();
@@ -158,8 +198,27 @@ impl Notifier {
             let (worker, task) = match reuse {
                 Some(pair) => pair,
                 None => {
-                    let worker = Arc::new(Worker::new(spec.clone(), external_url));
-                    let task = tokio::spawn(worker.clone().run(self.delivery()));
+                    // The old worker of a changed receiver is stopped before the new one
+                    // reads the log, so that it does not write the log afterwards (short of
+                    // a write already under way, which costs at most a repeated message).
+                    if let Some((_, task)) = old
+                        .iter_mut()
+                        .find(|o| o.as_ref().is_some_and(|(w, _)| w.spec.name == spec.name))
+                        .and_then(Option::take)
+                    {
+                        task.abort();
+                    }
+                    let delivery = self.delivery();
+                    let log = spec
+                        .webhook
+                        .as_ref()
+                        .and(self.log_dir.as_deref())
+                        .map(|dir| log::file_for(dir, &spec.name));
+                    let worker = Arc::new(Worker::new(spec.clone(), external_url, log, &delivery));
+                    if let Some(live) = &config.live_sources {
+                        worker.resolve_gone_sources(live, self.policy.clock.now_ms());
+                    }
+                    let task = tokio::spawn(worker.clone().run(delivery));
                     (worker, task)
                 }
             };
@@ -171,6 +230,15 @@ impl Notifier {
         }
         config.receivers = kept;
         config.tasks = tasks;
+        if let Some(dir) = &self.log_dir {
+            let keep: BTreeSet<PathBuf> = system
+                .receiver
+                .iter()
+                .filter(|r| r.webhook.is_some())
+                .map(|r| log::file_for(dir, &r.name))
+                .collect();
+            log::retain(dir, &keep);
+        }
     }
 
     fn delivery(&self) -> Delivery {
@@ -221,10 +289,16 @@ impl Notifier {
         }
     }
 
-    /// Rule groups that no longer exist: their alerts resolve.
+    /// Rule groups that no longer exist: their alerts resolve (also those a receiver's log
+    /// names, which may be of a group that was gone before this server started).
     pub(crate) fn retain_sources(&self, sources: &BTreeSet<String>) {
         let gone: Vec<String> = {
-            let config = self.config.lock().expect("notifier lock");
+            let mut config = self.config.lock().expect("notifier lock");
+            config.live_sources = Some(sources.clone());
+            let now = self.policy.clock.now_ms();
+            for worker in &config.receivers {
+                worker.resolve_gone_sources(sources, now);
+            }
             config.sources.difference(sources).cloned().collect()
         };
         for source in gone {
@@ -260,6 +334,11 @@ struct Worker {
     spec: Receiver,
     url: Result<Uri, String>,
     external_url: String,
+    /// The webhook's notification log file, when it keeps one.
+    log: Option<PathBuf>,
+    clock: Clock,
+    /// The log could not be written last time (reported once until it can again).
+    log_failing: AtomicBool,
     state: Mutex<State>,
     wake: Notify,
 }
@@ -286,29 +365,41 @@ struct Queued {
     resolved: bool,
 }
 
-/// One webhook group: alerts with the same `GROUP_BY` labels.
+/// One webhook group: alerts with the same `group_by` labels.
 #[derive(Debug)]
 struct Group {
+    /// Each alert with the rule group it came from.
     alerts: BTreeMap<Labels, (String, Observed)>,
     next_flush: Instant,
     notified_firing: BTreeSet<Labels>,
     notified_resolved: BTreeSet<Labels>,
-    last_notified: Option<Instant>,
+    /// When an unchanged group that still fires is told again: `repeat_interval` after its
+    /// last notification; `None` before the first.
+    repeat_at: Option<Instant>,
+    /// The last notification, as the log keeps it.
+    logged: Option<GroupLog>,
 }
 
 /// A group's notification, taken when it is due.
 #[derive(Debug)]
 struct Due {
     key: Labels,
-    firing: Vec<Observed>,
+    /// Firing alerts, each with the rule group it came from.
+    firing: Vec<(String, Observed)>,
     resolved: Vec<Observed>,
 }
 
-/// The `GROUP_BY` labels an alert has.
-fn group_key(labels: &Labels) -> Labels {
-    GROUP_BY
+/// The labels of `labels` that `group_by` names (all of them for `["..."]`), which are the
+/// alert's group.
+fn group_key(group_by: &[String], labels: &Labels) -> Labels {
+    if let [all] = group_by
+        && all == tandem_spec::GROUP_BY_ALL
+    {
+        return labels.clone();
+    }
+    group_by
         .iter()
-        .filter_map(|k| labels.get(*k).map(|v| (k.to_string(), v.clone())))
+        .filter_map(|k| labels.get(k).map(|v| (k.clone(), v.clone())))
         .collect()
 }
 
@@ -317,7 +408,12 @@ fn dur(d: Option<tandem_spec::units::Dur>, default: tandem_spec::units::Dur) -> 
 }
 
 impl Worker {
-    fn new(spec: Receiver, external_url: &str) -> Worker {
+    fn new(
+        spec: Receiver,
+        external_url: &str,
+        log: Option<PathBuf>,
+        delivery: &Delivery,
+    ) -> Worker {
         let (url, state) = match (&spec.webhook, &spec.alertmanager) {
             (Some(url), _) => (
                 parse_url(url),
@@ -341,12 +437,130 @@ impl Worker {
                 },
             ),
         };
-        Worker {
+        let worker = Worker {
             spec,
             url,
             external_url: external_url.to_string(),
+            log,
+            clock: delivery.policy.clock,
+            log_failing: AtomicBool::new(false),
             state: Mutex::new(state),
             wake: Notify::new(),
+        };
+        worker.restore(delivery);
+        worker
+    }
+
+    fn group_by(&self) -> Vec<String> {
+        self.spec.group_by.clone().unwrap_or_else(|| {
+            tandem_spec::DEFAULT_GROUP_BY
+                .iter()
+                .map(|l| l.to_string())
+                .collect()
+        })
+    }
+
+    /// Starts a webhook receiver from its log: each group told of firing alerts comes back
+    /// with them, as told, flushed `group_wait` from now or `group_interval` after its last
+    /// notification, whichever is later, and repeated `repeat_interval` after it. A log
+    /// that cannot be used is reported and the receiver starts empty; a log made with
+    /// another `group_by` is dropped.
+    fn restore(&self, delivery: &Delivery) {
+        let Some(path) = &self.log else { return };
+        let group_by = self.group_by();
+        let groups = match log::read(path, &self.spec.name) {
+            Ok(None) => return,
+            Ok(Some(file)) if file.group_by != group_by => {
+                let _ = std::fs::remove_file(path);
+                return;
+            }
+            Ok(Some(file)) => file.groups,
+            Err(reason) => {
+                delivery.emit(
+                    EventKind::NotificationFailed,
+                    None,
+                    format!(
+                        "the notification log of receiver '{}' ({}) cannot be used: {reason}; the receiver starts without it, so alerts still firing are notified again",
+                        self.spec.name,
+                        path.display()
+                    ),
+                );
+                return;
+            }
+        };
+        let now = Instant::now();
+        let wall = self.clock.now_ms();
+        let mut state = self.state.lock().expect("receiver lock");
+        let State::Webhook { groups: live } = &mut *state else {
+            return;
+        };
+        for logged in groups {
+            let key = logged.group_labels.clone();
+            if logged.firing.is_empty()
+                || logged
+                    .firing
+                    .iter()
+                    .any(|a| group_key(&group_by, &a.labels) != key)
+            {
+                continue;
+            }
+            let since =
+                Duration::from_millis(u64::try_from(wall - logged.notified_at_ms).unwrap_or(0));
+            let group = Group {
+                alerts: logged
+                    .firing
+                    .iter()
+                    .map(|a| (a.labels.clone(), (a.source.clone(), a.observed())))
+                    .collect(),
+                next_flush: now
+                    + self
+                        .group_wait()
+                        .max(self.group_interval().saturating_sub(since)),
+                notified_firing: logged.firing.iter().map(|a| a.labels.clone()).collect(),
+                notified_resolved: logged.resolved.iter().cloned().collect(),
+                repeat_at: Some(now + self.repeat_interval().saturating_sub(since)),
+                logged: Some(logged),
+            };
+            live.insert(key, group);
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Webhook alerts that came from rule groups not in `live` resolve at `now_ms`.
+    fn resolve_gone_sources(&self, live: &BTreeSet<String>, now_ms: i64) {
+        let mut state = self.state.lock().expect("receiver lock");
+        let State::Webhook { groups } = &mut *state else {
+            return;
+        };
+        for group in groups.values_mut() {
+            for (from, alert) in group.alerts.values_mut() {
+                if alert.firing() && !live.contains(from) {
+                    alert.resolved_at_ms = Some(now_ms);
+                }
+            }
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Writes the log of a webhook receiver: every group's last notification.
+    fn write_log(&self, groups: &BTreeMap<Labels, Group>) {
+        let Some(path) = &self.log else { return };
+        let logged: Vec<GroupLog> = groups.values().filter_map(|g| g.logged.clone()).collect();
+        match log::write(path, &self.spec.name, &self.group_by(), logged) {
+            Ok(()) => self.log_failing.store(false, Ordering::Relaxed),
+            Err(e) => {
+                // tandem cannot write its data directory: an error of tandem's, logged
+                // once until it works again.
+                if !self.log_failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        "cannot write the notification log of receiver '{}' to {}: {e}; after a restart its alerts may be notified again",
+                        self.spec.name,
+                        path.display()
+                    );
+                }
+            }
         }
     }
 
@@ -378,9 +592,10 @@ impl Worker {
         match &mut *state {
             State::Webhook { groups } => {
                 let now = Instant::now();
+                let group_by = self.group_by();
                 let present: BTreeSet<&Labels> = alerts.iter().map(|a| &a.labels).collect();
                 for alert in alerts {
-                    let key = group_key(&alert.labels);
+                    let key = group_key(&group_by, &alert.labels);
                     let group = match groups.get_mut(&key) {
                         Some(group) => group,
                         // A resolution of an alert no group holds is old news.
@@ -390,7 +605,8 @@ impl Worker {
                             next_flush: now + self.group_wait(),
                             notified_firing: BTreeSet::new(),
                             notified_resolved: BTreeSet::new(),
-                            last_notified: None,
+                            repeat_at: None,
+                            logged: None,
                         }),
                     };
                     let known = group.alerts.contains_key(&alert.labels);
@@ -502,9 +718,9 @@ impl Worker {
                 .filter(|(_, a)| !a.firing())
                 .map(|(_, a)| &a.labels)
                 .collect();
-            let needed = match group.last_notified {
+            let needed = match group.repeat_at {
                 None => !firing.is_empty(),
-                Some(at) => {
+                Some(repeat_at) => {
                     if !firing.iter().all(|l| group.notified_firing.contains(*l)) {
                         true
                     } else if firing.is_empty() {
@@ -515,16 +731,17 @@ impl Worker {
                     {
                         true
                     } else {
-                        at + self.repeat_interval() <= now
+                        repeat_at <= now
                     }
                 }
             };
             if needed {
-                let (firing, resolved): (Vec<Observed>, Vec<Observed>) = group
+                let (firing, resolved): (Vec<_>, Vec<_>) = group
                     .alerts
                     .values()
-                    .map(|(_, a)| a.clone())
-                    .partition(Observed::firing);
+                    .cloned()
+                    .partition(|(_, a)| a.firing());
+                let resolved = resolved.into_iter().map(|(_, a)| a).collect();
                 due.push(Due {
                     key: key.clone(),
                     firing,
@@ -536,13 +753,21 @@ impl Worker {
                 group.alerts.clear();
             }
         }
+        let logged = |groups: &BTreeMap<Labels, Group>| {
+            groups.values().filter(|g| g.logged.is_some()).count()
+        };
+        let logged_before = logged(groups);
         groups.retain(|_, g| !g.alerts.is_empty());
+        if logged(groups) != logged_before {
+            self.write_log(groups);
+        }
         let next = groups.values().map(|g| g.next_flush).min();
         (due, next)
     }
 
-    /// Records a delivered webhook notification: what it said, and the resolved alerts it
-    /// carried leave the group (unless they fire again meanwhile).
+    /// Records a delivered webhook notification, in memory and in the log: what it said,
+    /// and the resolved alerts it carried leave the group (unless they fire again
+    /// meanwhile).
     fn delivered(&self, due: &Due, at: Instant) {
         let mut state = self.state.lock().expect("receiver lock");
         let State::Webhook { groups } = &mut *state else {
@@ -551,9 +776,18 @@ impl Worker {
         let Some(group) = groups.get_mut(&due.key) else {
             return;
         };
-        group.last_notified = Some(at);
-        group.notified_firing = due.firing.iter().map(|a| a.labels.clone()).collect();
+        group.repeat_at = Some(at + self.repeat_interval());
+        group.notified_firing = due.firing.iter().map(|(_, a)| a.labels.clone()).collect();
         group.notified_resolved = due.resolved.iter().map(|a| a.labels.clone()).collect();
+        group.logged = Some(GroupLog::new(
+            &due.key,
+            self.clock.now_ms(),
+            due.firing
+                .iter()
+                .map(|(source, a)| LoggedAlert::new(source, a))
+                .collect(),
+            due.resolved.iter().map(|a| a.labels.clone()).collect(),
+        ));
         for sent in &due.resolved {
             if group
                 .alerts
@@ -566,6 +800,7 @@ impl Worker {
         if group.alerts.is_empty() {
             groups.remove(&due.key);
         }
+        self.write_log(groups);
     }
 
     /// Up to `max` queued Alertmanager alerts, and how many were dropped since last time.
@@ -640,7 +875,7 @@ impl Worker {
         let notification = GroupNotification {
             receiver: &self.spec.name,
             group_labels: &due.key,
-            firing: due.firing.iter().collect(),
+            firing: due.firing.iter().map(|(_, a)| a).collect(),
             resolved: due.resolved.iter().collect(),
             external_url: &self.external_url,
         };
@@ -654,7 +889,17 @@ impl Worker {
             due.firing.len(),
             due.resolved.len()
         );
-        let service = due.key.get("service").cloned();
+        // The group's service, or the one all its alerts share when it is not grouped by it.
+        let service = due.key.get("service").cloned().or_else(|| {
+            let mut services = due
+                .firing
+                .iter()
+                .map(|(_, a)| a)
+                .chain(&due.resolved)
+                .map(|a| a.labels.get("service"));
+            let first = services.next().flatten()?;
+            services.all(|s| s == Some(first)).then(|| first.clone())
+        });
         match delivery.send(&self.url, &body).await {
             Ok(()) => {
                 self.delivered(due, Instant::now());

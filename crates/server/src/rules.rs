@@ -55,7 +55,7 @@ impl Rules {
             loaded: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
             running: Mutex::new(Vec::new()),
-            notifier: Notifier::new(env, sink.clone()),
+            notifier: Notifier::new(env, sink.clone(), data_dir),
         })
     }
 

@@ -1,8 +1,9 @@
-//! Grouping, timing, routing and delivery of notifications, on tokio's paused clock: the
-//! receivers' tasks run for real, their sends go to a channel (or fail on demand), and
-//! every wait is virtual time.
+//! Grouping, timing, routing, delivery and the notification log across restarts, on
+//! tokio's paused clock: the receivers' tasks run for real, their sends go to a channel
+//! (or fail on demand), their logs to a real folder, and every wait is virtual time.
 
 use super::*;
+use std::path::Path;
 use tandem_spec::units::Dur;
 use tokio::sync::mpsc;
 
@@ -44,7 +45,18 @@ fn webhook(name: &str, wait: u64, interval: u64, repeat: u64) -> Receiver {
         group_wait: Some(Dur::from_secs(wait)),
         group_interval: Some(Dur::from_secs(interval)),
         repeat_interval: Some(Dur::from_secs(repeat)),
+        group_by: Some(
+            tandem_spec::DEFAULT_GROUP_BY
+                .iter()
+                .map(|l| l.to_string())
+                .collect(),
+        ),
     }
+}
+
+fn grouped_by(mut receiver: Receiver, labels: &[&str]) -> Receiver {
+    receiver.group_by = Some(labels.iter().map(|l| l.to_string()).collect());
+    receiver
 }
 
 fn alertmanager(name: &str) -> Receiver {
@@ -56,6 +68,7 @@ fn alertmanager(name: &str) -> Receiver {
         group_wait: None,
         group_interval: None,
         repeat_interval: None,
+        group_by: None,
     }
 }
 
@@ -67,6 +80,20 @@ fn system(receivers: Vec<Receiver>, routes: Vec<Route>) -> System {
 }
 
 fn setup(receivers: Vec<Receiver>, routes: Vec<Route>) -> Fixture {
+    setup_logged(receivers, routes, None, Clock::system(), None)
+}
+
+/// A notifier that keeps its receivers' logs in `log_dir`, on wall-clock `clock` (shared by
+/// the notifiers of one test, so a "restart" sees the virtual time that passed). With
+/// `sources`, the rules say which rule groups exist before the receivers load, as when
+/// the server starts.
+fn setup_logged(
+    receivers: Vec<Receiver>,
+    routes: Vec<Route>,
+    log_dir: Option<&Path>,
+    clock: Clock,
+    sources: Option<&[&str]>,
+) -> Fixture {
     let (tx, sent) = mpsc::unbounded_channel();
     let fail = Arc::new(Mutex::new(BTreeSet::new()));
     let events = Arc::new(Events::default());
@@ -75,13 +102,18 @@ fn setup(receivers: Vec<Receiver>, routes: Vec<Route>) -> Fixture {
         events.clone(),
         Policy {
             min_backoff: Duration::from_millis(100),
+            clock,
             ..Policy::default()
         },
         Transport::Record {
             sent: tx,
             fail: fail.clone(),
         },
+        log_dir.map(Path::to_path_buf),
     );
+    if let Some(sources) = sources {
+        notifier.retain_sources(&sources.iter().map(|s| s.to_string()).collect());
+    }
     notifier.load(&system(receivers, routes), "http://127.0.0.1:7300");
     Fixture {
         notifier,
@@ -267,7 +299,8 @@ async fn alerts_of_different_services_are_different_groups() {
 #[tokio::test(start_paused = true)]
 async fn routes_decide_which_receiver_hears_of_which_alert() {
     let route = |service: &str, receiver: &str| Route {
-        matchers: [("service".to_string(), service.to_string())].into(),
+        match_: [("service".to_string(), service.to_string())].into(),
+        matchers: vec![],
         receiver: receiver.to_string(),
         continue_: false,
     };
@@ -446,6 +479,7 @@ async fn a_webhook_is_sent_over_https() {
         events.clone(),
         Policy::default(),
         Transport::Http(Box::new(https_client(Some(cert)))),
+        None,
     );
     let mut receiver = webhook("ops", 0, 300, 3600);
     receiver.webhook = Some(format!("https://127.0.0.1:{port}/hook"));
@@ -460,4 +494,331 @@ async fn a_webhook_is_sent_over_https() {
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["status"], "firing");
     assert_eq!(instances(&body, "firing"), ["a"]);
+}
+
+fn with_label(mut a: Observed, name: &str, value: &str) -> Observed {
+    a.labels.insert(name.to_string(), value.to_string());
+    a
+}
+
+/// Every notification sent within `d`, as (receiver, body).
+async fn all_within(sent: &mut Sent, d: Duration) -> Vec<(String, serde_json::Value)> {
+    let deadline = Instant::now() + d;
+    let mut got = Vec::new();
+    while let Ok(Some((url, body))) = tokio::time::timeout_at(deadline, sent.recv()).await {
+        got.push((url.rsplit('/').next().unwrap().to_string(), body));
+    }
+    got
+}
+
+fn group_of<'a>(
+    got: &'a [(String, serde_json::Value)],
+    receiver: &str,
+    key: &str,
+) -> &'a serde_json::Value {
+    got.iter()
+        .find(|(r, body)| r == receiver && body["groupKey"] == key)
+        .map(|(_, body)| body)
+        .unwrap_or_else(|| panic!("no notification of {key} to {receiver} in {got:#?}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_restart_an_unchanged_group_is_not_told_again_before_repeat_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::system();
+    let ops = || vec![webhook("ops", 10, 60, 3600)];
+    let mut f = setup_logged(ops(), vec![], Some(dir.path()), clock, Some(&["g"]));
+    let start = Instant::now();
+    let a = alert("Down", "api", "a");
+    f.notifier
+        .observe("g", std::slice::from_ref(&a), 1_000, INTERVAL);
+    let (_, _, after) = next(&mut f.sent, start).await;
+    assert_eq!(after, Duration::from_secs(10));
+
+    // The server is down for 100 s, and starts again on the same data directory.
+    drop(f);
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    let restarted = Instant::now();
+    let mut f = setup_logged(ops(), vec![], Some(dir.path()), clock, Some(&["g"]));
+    f.notifier
+        .observe("g", std::slice::from_ref(&a), 111_000, INTERVAL);
+    // Told at 10 s, so due again at 3610 s: the group is looked at every group_interval
+    // from 120 s (group_wait after the restart), and the first look after that is at 3660 s.
+    let (_, body, after) = next(&mut f.sent, restarted).await;
+    assert_eq!(after, Duration::from_secs(3660 - 110));
+    assert_eq!(body["status"], "firing");
+    assert_eq!(instances(&body, "firing"), ["a"]);
+    assert!(
+        f.events
+            .kinds()
+            .iter()
+            .all(|(k, _)| *k == EventKind::NotificationSent),
+        "{:?}",
+        f.events.kinds()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_restart_alerts_that_ended_while_down_are_told_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::system();
+    let ops = || vec![webhook("ops", 10, 60, 3600)];
+    let mut f = setup_logged(ops(), vec![], Some(dir.path()), clock, Some(&["g", "old"]));
+    let (a, b, c) = (
+        alert("Down", "api", "a"),
+        alert("Down", "api", "b"),
+        alert("Down", "db", "c"),
+    );
+    let d = alert("Gone", "web", "d");
+    f.notifier
+        .observe("g", &[a.clone(), b.clone(), c.clone()], 1_000, INTERVAL);
+    f.notifier
+        .observe("old", std::slice::from_ref(&d), 1_000, INTERVAL);
+    assert_eq!(
+        all_within(&mut f.sent, Duration::from_secs(11)).await.len(),
+        3
+    );
+
+    drop(f);
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    let restarted = Instant::now();
+    // The rule group 'old' was removed while the server was down.
+    let mut f = setup_logged(ops(), vec![], Some(dir.path()), clock, Some(&["g"]));
+    // 'g' says a resolved, b still fires, and says nothing of c (its rule was removed).
+    f.notifier.observe(
+        "g",
+        &[resolved(a.clone(), 105_000), b.clone()],
+        111_000,
+        INTERVAL,
+    );
+    let got = all_within(&mut f.sent, Duration::from_secs(11)).await;
+    assert_eq!(Instant::now() - restarted, Duration::from_secs(11));
+    assert_eq!(got.len(), 3, "{got:#?}");
+    let api = group_of(
+        &got,
+        "ops",
+        "{}:{alertname=\"Down\", env=\"dev\", service=\"api\"}",
+    );
+    assert_eq!(api["status"], "firing");
+    assert_eq!(instances(api, "firing"), ["b"]);
+    assert_eq!(instances(api, "resolved"), ["a"]);
+    assert_eq!(api["alerts"][1]["endsAt"], "1970-01-01T00:01:45.000Z");
+    let db = group_of(
+        &got,
+        "ops",
+        "{}:{alertname=\"Down\", env=\"dev\", service=\"db\"}",
+    );
+    assert_eq!(db["status"], "resolved");
+    assert_eq!(instances(db, "resolved"), ["c"]);
+    assert_eq!(db["alerts"][0]["endsAt"], "1970-01-01T00:01:51.000Z");
+    let gone = group_of(
+        &got,
+        "ops",
+        "{}:{alertname=\"Gone\", env=\"dev\", service=\"web\"}",
+    );
+    assert_eq!(gone["status"], "resolved");
+    assert_eq!(instances(gone, "resolved"), ["d"]);
+    // Told once: nothing more until b's group is due a repeat.
+    quiet(&mut f.sent, Duration::from_secs(3000)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_log_that_cannot_be_read_is_reported_once_and_the_receiver_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ops.json");
+    std::fs::write(&path, "{\"version\": 1, \"receiver\": \"ops\", \"gro").unwrap();
+    let ops = || vec![webhook("ops", 10, 60, 3600)];
+    let mut f = setup_logged(
+        ops(),
+        vec![],
+        Some(dir.path()),
+        Clock::system(),
+        Some(&["g"]),
+    );
+    let warnings = |f: &Fixture| -> Vec<String> {
+        f.events
+            .kinds()
+            .into_iter()
+            .filter(|(k, _)| *k == EventKind::NotificationFailed)
+            .map(|(_, m)| m)
+            .collect()
+    };
+    let w = warnings(&f);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("receiver 'ops'")
+            && w[0].contains(&path.display().to_string())
+            && w[0].contains("EOF while parsing"),
+        "{}",
+        w[0]
+    );
+    // It works from an empty state, and writes a good log.
+    let start = Instant::now();
+    f.notifier
+        .observe("g", &[alert("Down", "api", "a")], 1_000, INTERVAL);
+    let (_, body, after) = next(&mut f.sent, start).await;
+    assert_eq!(after, Duration::from_secs(10));
+    assert_eq!(instances(&body, "firing"), ["a"]);
+    let log = log::read(&path, "ops").unwrap().unwrap();
+    assert_eq!(log.groups.len(), 1);
+    assert_eq!(log.groups[0].firing[0].labels["instance"], "a");
+    // A deploy that leaves the receiver alone does not read it again.
+    f.notifier
+        .load(&system(ops(), vec![]), "http://127.0.0.1:7300");
+    assert_eq!(warnings(&f).len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn logs_go_with_their_receiver_or_their_grouping() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::system();
+    let both = vec![webhook("ops", 10, 60, 3600), webhook("chat", 10, 60, 3600)];
+    let mut f = setup_logged(both, vec![], Some(dir.path()), clock, Some(&["g"]));
+    let a = alert("Down", "api", "a");
+    f.notifier
+        .observe("g", std::slice::from_ref(&a), 1_000, INTERVAL);
+    assert_eq!(
+        all_within(&mut f.sent, Duration::from_secs(11)).await.len(),
+        2
+    );
+    assert!(dir.path().join("chat.json").exists());
+    // chat leaves the live revision: its log goes.
+    f.notifier.load(
+        &system(vec![webhook("ops", 10, 60, 3600)], vec![]),
+        "http://127.0.0.1:7300",
+    );
+    assert!(!dir.path().join("chat.json").exists());
+    assert!(dir.path().join("ops.json").exists());
+    drop(f);
+    // ops now groups otherwise: its groups are new ones, told after group_wait.
+    let restarted = Instant::now();
+    let regrouped = grouped_by(webhook("ops", 10, 60, 3600), &["alertname"]);
+    let mut f = setup_logged(
+        vec![regrouped],
+        vec![],
+        Some(dir.path()),
+        clock,
+        Some(&["g"]),
+    );
+    f.notifier
+        .observe("g", std::slice::from_ref(&a), 20_000, INTERVAL);
+    let (_, body, after) = next(&mut f.sent, restarted).await;
+    assert_eq!(after, Duration::from_secs(10));
+    assert_eq!(
+        body["groupLabels"],
+        serde_json::json!({"alertname": "Down"})
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn group_by_decides_the_groups_and_what_their_payload_says() {
+    let mut f = setup(
+        vec![
+            grouped_by(webhook("by-name", 10, 60, 3600), &["alertname"]),
+            grouped_by(webhook("each", 10, 60, 3600), &["..."]),
+            grouped_by(webhook("one", 10, 60, 3600), &[]),
+        ],
+        vec![],
+    );
+    let mut slow = alert("Slow", "api", "c");
+    slow.annotations.insert("summary".into(), "slow".into());
+    f.notifier.observe(
+        "g",
+        &[alert("Down", "api", "a"), alert("Down", "db", "b"), slow],
+        1_000,
+        INTERVAL,
+    );
+    let got = all_within(&mut f.sent, Duration::from_secs(11)).await;
+    let count = |r: &str| got.iter().filter(|(name, _)| name == r).count();
+    assert_eq!(
+        (count("by-name"), count("each"), count("one")),
+        (2, 3, 1),
+        "{got:#?}"
+    );
+
+    let down = group_of(&got, "by-name", "{}:{alertname=\"Down\"}");
+    assert_eq!(
+        down["groupLabels"],
+        serde_json::json!({"alertname": "Down"})
+    );
+    assert_eq!(
+        down["commonLabels"],
+        serde_json::json!({"alertname": "Down", "env": "dev"}),
+        "api and db differ in service"
+    );
+    assert_eq!(instances(down, "firing"), ["a", "b"]);
+
+    let b = group_of(
+        &got,
+        "each",
+        "{}:{alertname=\"Down\", env=\"dev\", instance=\"b\", service=\"db\"}",
+    );
+    assert_eq!(
+        b["groupLabels"],
+        serde_json::json!({"alertname": "Down", "env": "dev", "instance": "b", "service": "db"})
+    );
+    assert_eq!(b["commonLabels"], b["groupLabels"]);
+
+    let one = group_of(&got, "one", "{}:{}");
+    assert_eq!(one["groupLabels"], serde_json::json!({}));
+    assert_eq!(one["commonLabels"], serde_json::json!({"env": "dev"}));
+    assert_eq!(instances(one, "firing"), ["a", "b", "c"]);
+    assert_eq!(one["commonAnnotations"], serde_json::json!({}));
+}
+
+#[tokio::test(start_paused = true)]
+async fn route_matchers_choose_receivers_with_regexes_and_negations() {
+    let route = |matchers: &[&str], receiver: &str| Route {
+        match_: BTreeMap::new(),
+        matchers: matchers
+            .iter()
+            .map(|m| tandem_spec::Matcher::parse(m).unwrap())
+            .collect(),
+        receiver: receiver.to_string(),
+        continue_: false,
+    };
+    let each = |name: &str| grouped_by(webhook(name, 1, 60, 3600), &["..."]);
+    let mut f = setup(
+        vec![each("pager"), each("chat"), each("rest")],
+        vec![
+            route(
+                &[r#"severity=~"page|critical""#, r#"service!="kv""#],
+                "pager",
+            ),
+            route(&[r#"severity!~"page|critical""#, "env=dev"], "chat"),
+            route(&[], "rest"),
+        ],
+    );
+    let severity = |instance: &str, service: &str, severity: &str| {
+        with_label(alert("Down", service, instance), "severity", severity)
+    };
+    f.notifier.observe(
+        "g",
+        &[
+            severity("a", "api", "page"),
+            severity("b", "kv", "critical"),
+            severity("c", "api", "warning"),
+            alert("Down", "db", "d"),
+            severity("e", "api", "pages"),
+        ],
+        1_000,
+        INTERVAL,
+    );
+    let mut got: Vec<(String, String)> = all_within(&mut f.sent, Duration::from_secs(2))
+        .await
+        .into_iter()
+        .map(|(r, body)| (r, instances(&body, "firing").join(",")))
+        .collect();
+    got.sort();
+    let want: Vec<(String, String)> = [
+        ("chat", "c"), // warning is not page|critical
+        ("chat", "d"), // no severity is "", which is not page|critical either
+        ("chat", "e"), // the regex is anchored: "pages" is not "page"
+        ("pager", "a"),
+        ("rest", "b"), // kv is not for the pager
+    ]
+    .iter()
+    .map(|(r, i)| (r.to_string(), i.to_string()))
+    .collect();
+    assert_eq!(got, want);
 }
