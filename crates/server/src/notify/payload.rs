@@ -139,9 +139,13 @@ impl GroupNotification<'_> {
 
     /// A Slack incoming-webhook body: one `text` with a header line and a line per alert.
     pub(crate) fn slack(&self) -> Value {
+        // The group's alert name, or the one all its alerts share when it is not grouped
+        // by it (`group_by = []`).
+        let common = self.common(|a| &a.labels);
         let name = self
             .group_labels
             .get("alertname")
+            .or_else(|| common.get("alertname"))
             .map_or("alerts", String::as_str);
         let rest: Vec<String> = self
             .group_labels
@@ -328,6 +332,17 @@ mod tests {
         assert_eq!(
             text,
             "*[FIRING:1] ApiDown* (service=api)\n• a is down (since 2023-11-14T22:13:20.000Z)\n• resolved: b is down (at 2023-11-14T22:14:20.000Z)"
+        );
+        let one_group = GroupNotification {
+            group_labels: &Labels::new(),
+            ..n.clone()
+        };
+        assert!(
+            one_group.slack()["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("*[FIRING:1] ApiDown*\n"),
+            "with no group labels, the name all alerts share"
         );
         let done = GroupNotification {
             firing: vec![],
