@@ -822,3 +822,74 @@ async fn route_matchers_choose_receivers_with_regexes_and_negations() {
     .collect();
     assert_eq!(got, want);
 }
+
+/// A real restart over real sockets and the real clock (no paused clock, the notifiers'
+/// own wall clocks): the second notifier's first message is the resolution of the alert
+/// that ended while it was down, not a repeat of the group that still fires (without the
+/// log, that group would be new and told first, and the resolution dropped as old news).
+#[tokio::test]
+async fn a_restarted_server_tells_the_resolution_and_not_the_unchanged_group_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, cert, mut bodies) = crate::delivery::tls_server().await;
+    let mut receiver = webhook("ops", 0, 3600, 3600);
+    receiver.webhook = Some(format!("https://127.0.0.1:{port}/hook"));
+    receiver.group_wait = Some(Dur(Duration::from_millis(10)));
+    receiver.group_interval = Some(Dur(Duration::from_millis(200)));
+    let start = |events: Arc<Events>| {
+        let notifier = Notifier::with(
+            "dev",
+            events,
+            Policy::default(),
+            Transport::Http(Box::new(https_client(Some(cert.clone())))),
+            Some(dir.path().to_path_buf()),
+        );
+        notifier.retain_sources(&["g".to_string()].into());
+        notifier.load(
+            &system(vec![receiver.clone()], vec![]),
+            "http://127.0.0.1:7300",
+        );
+        notifier
+    };
+    let mut body = async || {
+        let (_, body) = tokio::time::timeout(Duration::from_secs(10), bodies.recv())
+            .await
+            .expect("a notification within 10s")
+            .expect("the server runs");
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+    };
+    let (steady, ends) = (alert("A-Steady", "api", "a"), alert("B-Ends", "api", "b"));
+    let first = start(Arc::default());
+    first.observe("g", &[steady.clone(), ends.clone()], 1_000, INTERVAL);
+    let mut told: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        told.push(body().await["groupLabels"]["alertname"].to_string());
+    }
+    told.sort();
+    assert_eq!(told, ["\"A-Steady\"", "\"B-Ends\""]);
+    // The server stops once both deliveries are in the log (the receiver has its answer
+    // a moment after we have the request).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log::read(&dir.path().join("ops.json"), "ops")
+        .ok()
+        .flatten()
+        .is_none_or(|log| log.groups.len() < 2)
+    {
+        assert!(Instant::now() < deadline, "both groups logged within 10s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(first);
+
+    let events = Arc::new(Events::default());
+    let second = start(events.clone());
+    second.observe("g", &[steady, resolved(ends, 2_000)], 3_000, INTERVAL);
+    let got = body().await;
+    assert_eq!(got["groupLabels"]["alertname"], "B-Ends", "{got}");
+    assert_eq!(got["status"], "resolved");
+    assert_eq!(instances(&got, "resolved"), ["b"]);
+    assert!(
+        events
+            .kinds()
+            .iter()
+            .all(|(k, _)| *k == EventKind::NotificationSent)
+    );
+}
