@@ -191,3 +191,33 @@ fn an_unreadable_warm_pool_file_stops_its_instances_and_the_server_goes_on() {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["warm"].as_array().map(Vec::len), Some(2), "{text}");
 }
+
+#[test]
+fn a_warm_instance_that_exited_while_no_server_ran_is_stopped_and_the_other_stays_warm() {
+    let (p, _port, before) = v1_warm_behind_v2("5m");
+    kill_server(&p);
+    let (dead, kept) = (&before[0], &before[1]);
+    kill(dead.pid.unwrap(), libc::SIGKILL);
+    assert!(wait_gone(dead.pid.unwrap(), Duration::from_secs(10)));
+
+    p.up().ok();
+    p.wait_status("the exited warm instance to be stopped", |s| {
+        s.services
+            .iter()
+            .flat_map(|s| &s.instances)
+            .all(|i| i.id != dead.id)
+    });
+    let warm = warm_instances(&p);
+    assert_eq!(
+        warm.iter().map(|i| (&i.id, i.pid)).collect::<Vec<_>>(),
+        vec![(&kept.id, kept.pid)],
+        "the one still running stays warm: {warm:#?}"
+    );
+    let timeline = p.run(&["timeline"]).ok().stdout;
+    assert!(
+        timeline
+            .lines()
+            .any(|l| l.contains(&dead.id) && l.contains("exited while no server ran")),
+        "{timeline}"
+    );
+}
