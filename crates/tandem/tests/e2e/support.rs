@@ -286,6 +286,9 @@ pub fn limits_enforced(p: &Project) -> bool {
 /// One answer the load loop saw.
 #[derive(Clone, Debug)]
 pub struct Seen {
+    /// When the request was sent.
+    pub sent: Instant,
+    /// When its answer arrived.
     pub at: Instant,
     pub status: u16,
     pub body: String,
@@ -328,9 +331,11 @@ impl Load {
                             }
                         }
                         let c = conn.as_mut().unwrap();
+                        let sent = Instant::now();
                         match keep_alive_get(c, port, &path) {
                             Ok((status, body, close)) => {
                                 seen.push(Seen {
+                                    sent,
                                     at: Instant::now(),
                                     status,
                                     body,
