@@ -5,7 +5,8 @@
 //! upgraded without the services noticing: a new server re-attaches through the files the
 //! shim keeps in the instance's folder ([`launch`]). Around that sit the cgroup drivers
 //! ([`cgroup`]), health checks ([`health`]), size-rotated log files ([`logfile`]) and
-//! process statistics from `/proc` ([`procfs`]).
+//! process statistics from `/proc` ([`procfs`]), and one-off commands such as deploy hooks
+//! ([`task`]).
 
 pub mod cgroup;
 pub mod health;
@@ -14,3 +15,4 @@ pub mod logfile;
 pub mod procfs;
 pub mod runtime;
 pub mod shim;
+pub mod task;
