@@ -123,6 +123,12 @@ pub struct ServiceStatus {
     /// The public port tandem serves for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The address the public port binds, when it is not 127.0.0.1 (`0.0.0.0:8080`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Whether the public port speaks HTTPS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
     pub replicas: u32,
     pub instances: Vec<InstanceStatus>,
 }

@@ -37,7 +37,7 @@ use tandem_api::{
     DeployInProgress, DeploymentKind, Event, EventKind, EventSink, InstanceState, Plan, Revision,
     ServiceStatus, now_ms,
 };
-use tandem_proxy::{ListenerKey, Protocol as ProxyProtocol, Proxy};
+use tandem_proxy::{ListenerKey, Protocol as ProxyProtocol, Proxy, ServerTls};
 use tandem_spec::System;
 use tandem_store::Store;
 use tandem_supervisor::runtime::{InstanceRequest, Runtime};
@@ -314,9 +314,10 @@ impl Engine {
         desired_templates(system, &self.env, &self.edges)
     }
 
-    /// Opens (or moves) every listener `system` needs: each service's public port and one
-    /// edge listener per dependency. Fails, before anything starts, when a port is held by
-    /// another program.
+    /// Opens (or moves) every listener `system` needs: each service's public port (on its
+    /// address, over TLS when it has `tls`) and one edge listener per dependency (plain, on
+    /// loopback). Fails, before anything starts, when a port is held by another program or a
+    /// certificate and key do not load.
     pub(crate) async fn open_listeners(&self, system: &System) -> Result<(), String> {
         if let Err(e) = self.edges.ensure(system) {
             return Err(format!("cannot save the edge ports: {e}"));
@@ -327,39 +328,44 @@ impl Engine {
             .into_iter()
             .map(|(k, a, _)| (k, a))
             .collect();
-        let mut wanted: Vec<(ListenerKey, SocketAddr, ProxyProtocol)> = Vec::new();
+        let mut wanted: Vec<(ListenerKey, SocketAddr, ProxyProtocol, Option<ServerTls>)> =
+            Vec::new();
         for (name, service) in &system.service {
             let protocol = proxy_protocol(service.protocol);
             if let Some(port) = service.port {
-                wanted.push((
-                    ListenerKey {
-                        service: name.clone(),
-                        caller: None,
-                    },
-                    SocketAddr::from(([127, 0, 0, 1], port)),
-                    protocol,
-                ));
+                let tls = match &service.tls {
+                    Some(tls) => Some(load_tls(name, tls)?),
+                    None => None,
+                };
+                wanted.push((ListenerKey::public(name), port.addr(), protocol, tls));
             }
         }
         for (caller, callee, port) in self.edges.edges_of(system) {
             let protocol = proxy_protocol(system.service[&callee].protocol);
             wanted.push((
-                ListenerKey {
-                    service: callee,
-                    caller: Some(caller),
-                },
+                ListenerKey::edge(&caller, &callee),
                 SocketAddr::from(([127, 0, 0, 1], port)),
                 protocol,
+                None,
             ));
         }
-        // Check every new port first, so nothing is half-opened when one is taken.
-        for (key, addr, _) in &wanted {
-            let held_by_us = current.iter().any(|(_, a)| a == addr);
+        // Check every new port first, so nothing is half-opened when one is taken. A port
+        // one of our listeners holds (at this address, or on the same port at a clashing
+        // one, such as 127.0.0.1:80 moving to 0.0.0.0:80) is the proxy's to move.
+        for (key, addr, _, _) in &wanted {
+            let held_by_us = current
+                .iter()
+                .any(|(_, a)| tandem_spec::addresses_clash(*a, *addr));
             if held_by_us {
                 continue;
             }
             if let Err(e) = std::net::TcpListener::bind(addr) {
                 return Err(match &key.caller {
+                    None if e.kind() == std::io::ErrorKind::AddrNotAvailable => format!(
+                        "service '{}' cannot listen on {addr}: that address does not belong to this machine ({e}); change `port` to one of its addresses, or \"0.0.0.0:{}\" for all of them",
+                        key.service,
+                        addr.port()
+                    ),
                     None => format!(
                         "port {} of service '{}' is already in use by another program ({e}); stop that program or change `port`",
                         addr.port(),
@@ -373,13 +379,13 @@ impl Engine {
                 });
             }
         }
-        for (key, addr, protocol) in wanted {
+        for (key, addr, protocol, tls) in wanted {
             let label = match &key.caller {
-                None => format!("port {} of service '{}'", addr.port(), key.service),
+                None => format!("port {} of service '{}'", addr, key.service),
                 Some(c) => format!("edge {c} -> {} on port {}", key.service, addr.port()),
             };
             self.proxy
-                .listen_on(key, addr, protocol)
+                .listen(key, addr, protocol, tls)
                 .await
                 .map_err(|e| format!("cannot open {label}: {e}"))?;
         }
@@ -667,7 +673,12 @@ impl Engine {
                     name.clone(),
                     ServiceStatus {
                         name: name.clone(),
-                        port: s.port,
+                        port: s.port.map(|p| p.port),
+                        address: s
+                            .port
+                            .filter(|p| !p.is_default_ip())
+                            .map(|p| p.addr().to_string()),
+                        tls: s.tls.is_some(),
                         replicas: s.replicas,
                         instances: Vec::new(),
                     },
@@ -680,6 +691,8 @@ impl Engine {
                 .or_insert_with(|| ServiceStatus {
                     name: instance.service.clone(),
                     port: None,
+                    address: None,
+                    tls: false,
                     replicas: 0,
                     instances: Vec::new(),
                 })
@@ -724,6 +737,19 @@ impl Engine {
             message,
         });
     }
+}
+
+/// Loads the certificate and key of service `name`'s public port, warning when the key is
+/// readable by others (a warning: the deploy goes on).
+fn load_tls(name: &str, tls: &tandem_spec::Tls) -> Result<ServerTls, String> {
+    let (cert, key) = (
+        std::path::Path::new(&tls.cert),
+        std::path::Path::new(&tls.key),
+    );
+    if let Some(warning) = tandem_spec::key_permission_warning(name, key) {
+        tracing::warn!("{warning}");
+    }
+    ServerTls::load(cert, key).map_err(|e| format!("service '{name}' cannot serve HTTPS: {e}"))
 }
 
 pub(crate) fn proxy_protocol(p: tandem_spec::Protocol) -> ProxyProtocol {

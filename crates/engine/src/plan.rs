@@ -51,7 +51,9 @@ pub fn desired_templates(
             env.insert("TANDEM_SERVICE".to_string(), name.clone());
             for dep in &service.depends_on {
                 let edge = edges.get(name, dep);
-                if let Some(port) = edge.or_else(|| system.service.get(dep).and_then(|d| d.port)) {
+                if let Some(port) =
+                    edge.or_else(|| system.service.get(dep).and_then(|d| d.port.map(|p| p.port)))
+                {
                     let prefix = env_prefix(dep);
                     env.insert(format!("{prefix}_URL"), format!("http://127.0.0.1:{port}"));
                     env.insert(format!("{prefix}_ADDR"), format!("127.0.0.1:{port}"));
@@ -68,6 +70,8 @@ pub fn desired_templates(
             process_view.release = None;
             process_view.metrics = None;
             process_view.protocol = Default::default();
+            // TLS ends in the proxy: new certificate files need no new processes.
+            process_view.tls = None;
             let mut hasher = Sha256::new();
             hasher.update(serde_json::to_vec(&process_view).unwrap_or_default());
             hasher.update(serde_json::to_vec(&env).unwrap_or_default());
@@ -214,7 +218,11 @@ pub fn strategy_text(release: Option<&tandem_spec::Release>) -> String {
 
 /// Fields that, when changed, need new processes (everything but these).
 fn changes_process(path: &str) -> bool {
-    !(path == "replicas" || path.starts_with("release") || path == "metrics" || path == "protocol")
+    !(path == "replicas"
+        || path.starts_with("release")
+        || path == "metrics"
+        || path == "protocol"
+        || path.starts_with("tls"))
 }
 
 fn service_field_changes(name: &str, old: &Service, new: &Service) -> Vec<String> {

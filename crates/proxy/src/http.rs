@@ -1,5 +1,6 @@
 //! HTTP mode: each client connection is served by hyper (HTTP/1.1 with keep-alive, or h2c
-//! with prior knowledge), and each request independently picks a backend, so weights apply
+//! with prior knowledge; over TLS, HTTP/1.1 or HTTP/2 by ALPN), and each request
+//! independently picks a backend, so weights apply
 //! per request, also on long-lived keep-alive connections, and a client connection survives
 //! every backend switch. Upstream is always HTTP/1.1 over a per-backend pool of keep-alive
 //! connections, so an h2c client is served by HTTP/1.1 backends; the request's own task
@@ -81,6 +82,8 @@ struct Conn {
     ctx: Arc<ListenerCtx>,
     /// The client's address as an `X-Forwarded-For` entry.
     peer_ip: HeaderValue,
+    /// Whether the client connection is TLS (`X-Forwarded-Proto: https`).
+    https: bool,
     /// The response timer of the connection's last request, reset for the next one: moving
     /// a timer's deadline later is one atomic operation, where a new timer per request
     /// costs an insertion into tokio's timer wheel and a removal. (HTTP/2 requests that run
@@ -168,11 +171,16 @@ impl Conn {
     }
 }
 
-pub(crate) async fn serve_connection(
+/// Serves one client connection: `stream` is the accepted socket, or the TLS stream over it
+/// (`https`).
+pub(crate) async fn serve_connection<S>(
     ctx: Arc<ListenerCtx>,
-    mut stream: TcpStream,
+    mut stream: S,
     peer: SocketAddr,
-) {
+    https: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let _active = ctx.service.counters.connection_accepted();
     // A client that does not even say which HTTP version it speaks within the header
     // timeout is cut off like one that is slow to send its head.
@@ -187,6 +195,7 @@ pub(crate) async fn serve_connection(
     let conn = Arc::new(Conn {
         ctx: ctx.clone(),
         peer_ip,
+        https,
         timer: Mutex::new(None),
         busy: AtomicU32::new(0),
         idle_since: AtomicU64::new(micros_since_epoch(Instant::now())),
@@ -231,7 +240,7 @@ pub(crate) async fn serve_connection(
 
 /// Reads until the first bytes tell HTTP/2 (the preface) from HTTP/1. Returns whether it is
 /// HTTP/2 and the bytes read, or `None` when the client closed first.
-async fn detect_version(stream: &mut TcpStream) -> io::Result<Option<(bool, Bytes)>> {
+async fn detect_version<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<(bool, Bytes)>> {
     let mut read = BytesMut::with_capacity(4096);
     loop {
         if stream.read_buf(&mut read).await? == 0 {
@@ -248,12 +257,12 @@ async fn detect_version(stream: &mut TcpStream) -> io::Result<Option<(bool, Byte
 }
 
 /// A connection whose first bytes were already read: they are replayed before the rest.
-struct Prefixed {
+struct Prefixed<S> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -269,7 +278,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -347,6 +356,7 @@ async fn proxy_request(conn: &Conn, mut request: Request<Incoming>) -> Response<
             upstream.head_buffer(),
             &head,
             &conn.peer_ip,
+            conn.https,
             upgrade,
             chunked,
         );
@@ -547,12 +557,14 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Writes the request head as it goes to a backend over HTTP/1.1: origin-form target,
 /// hop-by-hop headers left out (an upgrade's put back), `Host` from the URI's authority when
-/// the client sent none (HTTP/2), and `X-Forwarded-For` (appended to), `-Proto` and `-Host`
-/// (replaced). Written straight into the connection's buffer: no header map is changed.
+/// the client sent none (HTTP/2), and `X-Forwarded-For` (appended to), `-Proto` (`https`
+/// when the client came over TLS) and `-Host` (replaced). Written straight into the
+/// connection's buffer: no header map is changed.
 fn write_request_head(
     out: &mut Vec<u8>,
     head: &hyper::http::request::Parts,
     peer_ip: &HeaderValue,
+    https: bool,
     upgrade: bool,
     chunked: bool,
 ) {
@@ -599,7 +611,11 @@ fn write_request_head(
         }
     }
     out.extend_from_slice(peer_ip.as_bytes());
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    out.extend_from_slice(if https {
+        b"\r\nx-forwarded-proto: https\r\n".as_slice()
+    } else {
+        b"\r\nx-forwarded-proto: http\r\n".as_slice()
+    });
     if let Some(host) = host {
         write_header(out, b"x-forwarded-host", host);
     }

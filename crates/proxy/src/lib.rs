@@ -7,7 +7,9 @@
 //! keep-alive connections, and the proxy enforces header and body limits and timeouts,
 //! answers 502/503/504 with a reason, and records every request into a [`MetricsSink`] and
 //! per-revision figures ([`Proxy::revision_stats`]). In TCP mode each connection picks a
-//! backend and bytes pass through.
+//! backend and bytes pass through. An HTTP listener may speak HTTPS ([`ServerTls`]): TLS
+//! ends in the proxy, with HTTP/1.1 or HTTP/2 by ALPN, and the certificate follows its files
+//! on disk.
 //!
 //! All listeners of a service share one backend set, replaced whole by
 //! [`Proxy::set_weighted_backends`]. Weight 0 or leaving the set drains a backend: no new
@@ -28,6 +30,7 @@ mod route;
 mod service;
 mod stats;
 mod tcp;
+mod tls;
 mod upstream;
 
 pub use config::{Backend, ListenerKey, Protocol, ProxyConfig};
@@ -37,6 +40,7 @@ pub use metrics::{
     RevisionStats,
 };
 pub use stats::ProxyStats;
+pub use tls::{RELOAD_CHECK, ServerTls, TlsError};
 
 use backends::lock;
 use service::{ListenerCtx, ServiceTraffic};
@@ -46,7 +50,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 use tracing::debug;
 
 /// The proxy of one environment server. Cheap to clone; clones share everything. Dropping
@@ -70,19 +74,45 @@ struct Listening {
     /// The address bound.
     bound: SocketAddr,
     ctx: Arc<ListenerCtx>,
-    accept_loop: AbortHandle,
+    /// Always `Some` until [`Listening::close`] takes it.
+    accept_loop: Option<JoinHandle<()>>,
 }
 
 impl Listening {
     fn is_at(&self, addr: SocketAddr) -> bool {
         self.requested == addr || self.bound == addr
     }
+
+    /// Whether a socket on `addr` could not be bound beside this one: the same port, and
+    /// the same address or either one all interfaces.
+    fn clashes_with(&self, addr: SocketAddr) -> bool {
+        addr.port() != 0 && addresses_clash(self.bound, addr)
+    }
+}
+
+/// Whether listeners on `a` and `b` cannot both be bound: the same port, and the same
+/// address or either one unspecified (`0.0.0.0`, `[::]`: on Linux these take the port on
+/// every address).
+fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+impl Listening {
+    /// Closes the port and returns once it is closed (dropping only asks for that).
+    async fn close(mut self) {
+        if let Some(accept_loop) = self.accept_loop.take() {
+            accept_loop.abort();
+            let _ = accept_loop.await;
+        }
+    }
 }
 
 impl Drop for Listening {
     fn drop(&mut self) {
         // Aborting the accept loop drops its listener, which closes the port.
-        self.accept_loop.abort();
+        if let Some(accept_loop) = &self.accept_loop {
+            accept_loop.abort();
+        }
     }
 }
 
@@ -115,27 +145,46 @@ impl Proxy {
         &self.shared.config
     }
 
-    /// Serves `key` on `addr` speaking `protocol`, and returns the address bound (useful with
-    /// port 0).
-    ///
-    /// Listening again on the same address is a no-op (apart from switching the protocol for
-    /// new connections); on another address, the listener moves there (the old port closes
-    /// once the new one is bound; if binding fails, the old one stays). A port served for
-    /// another key is refused.
+    /// Serves `key` on `addr` speaking `protocol` in plain text, and returns the address
+    /// bound (useful with port 0). See [`Proxy::listen`].
     pub async fn listen_on(
         &self,
         key: ListenerKey,
         addr: SocketAddr,
         protocol: Protocol,
     ) -> Result<SocketAddr, ProxyError> {
+        self.listen(key, addr, protocol, None).await
+    }
+
+    /// Serves `key` on `addr` speaking `protocol`, over TLS when `tls` is given (HTTP
+    /// listeners only), and returns the address bound (useful with port 0).
+    ///
+    /// Listening again on the same address is a no-op apart from switching the protocol and
+    /// the TLS settings for new connections; on another address, the listener moves there
+    /// (the old port closes once the new one is bound; if binding fails, the old one stays,
+    /// also when the new address takes the same port, such as 127.0.0.1:80 to 0.0.0.0:80,
+    /// and the old listener has to close first). An address that clashes with another key's
+    /// listener is refused.
+    pub async fn listen(
+        &self,
+        key: ListenerKey,
+        addr: SocketAddr,
+        protocol: Protocol,
+        tls: Option<ServerTls>,
+    ) -> Result<SocketAddr, ProxyError> {
+        let mut moving_within_port = None;
         {
             let listeners = lock(&self.shared.listeners);
             for (other, listening) in listeners.iter() {
                 if *other == key && listening.is_at(addr) {
                     listening.ctx.set_protocol(protocol);
+                    listening.ctx.set_tls(tls);
                     return Ok(listening.bound);
                 }
-                if *other != key && addr.port() != 0 && listening.is_at(addr) {
+                if *other == key && listening.clashes_with(addr) {
+                    moving_within_port = Some(listening.requested);
+                }
+                if *other != key && listening.clashes_with(addr) {
                     return Err(ProxyError::AddrTakenByService {
                         listener: key,
                         addr,
@@ -145,9 +194,35 @@ impl Proxy {
             }
         }
 
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| ProxyError::from_bind(&key, addr, e))?;
+        let listener = match TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            // The listener moves to another address of the same port: ours holds the port,
+            // so it closes first; if the new address cannot be bound, the old one is bound
+            // again.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && moving_within_port.is_some() => {
+                let old = lock(&self.shared.listeners).remove(&key);
+                let old_settings = old.as_ref().map(|l| (l.ctx.protocol(), l.ctx.tls()));
+                if let Some(old) = old {
+                    old.close().await;
+                }
+                match TcpListener::bind(addr).await {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        if let (Some(previous), Some((protocol, tls))) =
+                            (moving_within_port, old_settings)
+                        {
+                            let restored =
+                                Box::pin(self.listen(key.clone(), previous, protocol, tls)).await;
+                            if let Err(error) = restored {
+                                tracing::warn!(listener = %key, %error, "could not listen again on the previous address");
+                            }
+                        }
+                        return Err(ProxyError::from_bind(&key, addr, e));
+                    }
+                }
+            }
+            Err(e) => return Err(ProxyError::from_bind(&key, addr, e)),
+        };
         let bound = listener
             .local_addr()
             .map_err(|e| ProxyError::from_bind(&key, addr, e))?;
@@ -156,6 +231,7 @@ impl Proxy {
             self.traffic(&key.service),
             key.caller.clone(),
             protocol,
+            tls,
             self.shared.config.clone(),
             self.shared.sink.clone(),
         ));
@@ -164,7 +240,7 @@ impl Proxy {
             requested: addr,
             bound,
             ctx,
-            accept_loop: accept_loop.abort_handle(),
+            accept_loop: Some(accept_loop),
         };
         let previous = lock(&self.shared.listeners).insert(key.clone(), listening);
         match previous {

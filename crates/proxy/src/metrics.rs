@@ -14,6 +14,12 @@ use std::time::Duration;
 /// proxy's hot path: keep it cheap (count, push to a channel), never block.
 pub trait MetricsSink: Send + Sync + 'static {
     fn record(&self, record: &RequestRecord);
+
+    /// A TLS handshake on an HTTPS listener of `service` failed or timed out. No request
+    /// was made, so there is no record; the default ignores it.
+    fn tls_handshake_failed(&self, service: &str) {
+        let _ = service;
+    }
 }
 
 /// A sink that drops every record, for a proxy nobody watches.

@@ -1,12 +1,13 @@
 //! What the listeners of one service share: its backend set, the states of its backends
 //! (for in-flight counts and drain), its counters and per-revision figures. And the listener
-//! side: one [`ListenerCtx`] per listening socket, its accept loop, and the hand-off of each
-//! connection to HTTP or TCP serving.
+//! side: one [`ListenerCtx`] per listening socket, its accept loop, the TLS handshake of an
+//! HTTPS listener, and the hand-off of each connection to HTTP or TCP serving.
 
 use crate::backends::{BackendSet, BackendState, lock};
 use crate::config::{Protocol, ProxyConfig};
 use crate::metrics::{MetricsSink, RevisionStats};
 use crate::stats::Counters;
+use crate::tls::ServerTls;
 use crate::{http, tcp};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::sleep;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// Pause after an accept error such as running out of file descriptors, so the loop does
 /// not spin while the condition lasts.
@@ -80,6 +81,9 @@ pub(crate) struct ListenerCtx {
     pub(crate) caller: Option<String>,
     /// Whether the listener speaks HTTP (else TCP); switchable in place, for new connections.
     http: AtomicBool,
+    /// HTTPS: the TLS side of an HTTP listener (a public port with `tls`); switchable in
+    /// place, for new connections. TCP listeners ignore it.
+    tls: Mutex<Option<ServerTls>>,
     pub(crate) config: Arc<ProxyConfig>,
     pub(crate) sink: Arc<dyn MetricsSink>,
     pub(crate) servers: http::Servers,
@@ -90,6 +94,7 @@ impl ListenerCtx {
         service: Arc<ServiceTraffic>,
         caller: Option<String>,
         protocol: Protocol,
+        tls: Option<ServerTls>,
         config: Arc<ProxyConfig>,
         sink: Arc<dyn MetricsSink>,
     ) -> ListenerCtx {
@@ -98,6 +103,7 @@ impl ListenerCtx {
             service,
             caller,
             http: AtomicBool::new(protocol == Protocol::Http),
+            tls: Mutex::new(tls),
             config,
             sink,
             servers,
@@ -116,6 +122,14 @@ impl ListenerCtx {
         self.http
             .store(protocol == Protocol::Http, Ordering::Relaxed);
     }
+
+    pub(crate) fn tls(&self) -> Option<ServerTls> {
+        lock(&self.tls).clone()
+    }
+
+    pub(crate) fn set_tls(&self, tls: Option<ServerTls>) {
+        *lock(&self.tls) = tls;
+    }
 }
 
 /// Accepts connections on `listener` until the task is aborted (which closes the listener);
@@ -126,9 +140,14 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>) {
             Ok((client, peer)) => {
                 let _ = client.set_nodelay(true);
                 match ctx.protocol() {
-                    Protocol::Http => {
-                        tokio::spawn(http::serve_connection(ctx.clone(), client, peer));
-                    }
+                    Protocol::Http => match ctx.tls() {
+                        None => {
+                            tokio::spawn(http::serve_connection(ctx.clone(), client, peer, false));
+                        }
+                        Some(tls) => {
+                            tokio::spawn(serve_https(ctx.clone(), tls, client, peer));
+                        }
+                    },
                     Protocol::Tcp => {
                         tokio::spawn(tcp::serve_connection(ctx.clone(), client, peer));
                     }
@@ -144,6 +163,37 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>) {
                 warn!(service = %ctx.service.name, %error, "accepting a connection failed");
                 sleep(ACCEPT_ERROR_PAUSE).await;
             }
+        }
+    }
+}
+
+/// Completes the TLS handshake (within the header read timeout), then serves HTTP over it.
+/// A failed handshake (a scanner, a client that distrusts the certificate, plain HTTP sent to
+/// the HTTPS port) is counted, and logged at debug only: on a public port they are routine.
+async fn serve_https(
+    ctx: Arc<ListenerCtx>,
+    tls: ServerTls,
+    client: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let handshake = tls.acceptor().accept(client);
+    let limit = ctx.config.header_read_timeout;
+    let done = if limit.is_zero() {
+        Some(handshake.await)
+    } else {
+        tokio::time::timeout(limit, handshake).await.ok()
+    };
+    match done {
+        Some(Ok(stream)) => http::serve_connection(ctx, stream, peer, true).await,
+        Some(Err(error)) => {
+            ctx.service.counters.tls_handshake_failed();
+            ctx.sink.tls_handshake_failed(&ctx.service.name);
+            debug!(service = %ctx.service.name, %peer, %error, "TLS handshake failed");
+        }
+        None => {
+            ctx.service.counters.tls_handshake_failed();
+            ctx.sink.tls_handshake_failed(&ctx.service.name);
+            debug!(service = %ctx.service.name, %peer, "TLS handshake did not finish in time");
         }
     }
 }

@@ -15,6 +15,8 @@ pub struct ProxyStats {
     pub connect_failures: u64,
     /// Client connections closed because no backend could be reached.
     pub unserved: u64,
+    /// HTTPS connections whose TLS handshake failed or did not finish in time.
+    pub tls_handshake_failures: u64,
 }
 
 #[derive(Debug, Default)]
@@ -23,6 +25,7 @@ pub(crate) struct Counters {
     active: AtomicU64,
     connect_failures: AtomicU64,
     unserved: AtomicU64,
+    tls_handshake_failures: AtomicU64,
 }
 
 impl Counters {
@@ -41,12 +44,17 @@ impl Counters {
         self.unserved.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> ProxyStats {
         ProxyStats {
             accepted: self.accepted.load(Ordering::Relaxed),
             active: self.active.load(Ordering::Relaxed),
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
             unserved: self.unserved.load(Ordering::Relaxed),
+            tls_handshake_failures: self.tls_handshake_failures.load(Ordering::Relaxed),
         }
     }
 }

@@ -2,7 +2,11 @@
 //! their name, clients that check where they landed. HTTP mode: in-process hyper backends
 //! that answer with their name (and can stream, hold a request, echo headers or a
 //! WebSocket), reached through hyper clients, curl (h2c) and tokio-tungstenite. Waits poll
-//! with a deadline; nothing sleeps a fixed time.
+//! with a deadline; nothing sleeps a fixed time. `public`: listeners on other addresses than
+//! loopback, and HTTPS.
+
+#[path = "proxy/public.rs"]
+mod public;
 
 use std::future::Future;
 use std::net::SocketAddr;

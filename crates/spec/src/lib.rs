@@ -4,8 +4,9 @@
 //! parsing with source positions, validation that reports every problem at once as
 //! `FILE:LINE:COL` diagnostics, environment overlays, the content hash that identifies a
 //! revision, and the typed diff between two resolved systems. It has no runtime: no tokio,
-//! no I/O beyond reading the file and the rule files it names, so every command that works
-//! offline (`validate`, `render`, `graph`, `init`) and the server share one definition.
+//! no I/O beyond reading the file and the rule files and TLS files it names, so every
+//! command that works offline (`validate`, `render`, `graph`, `init`) and the server share
+//! one definition.
 //! The file format is documented in `docs/system-file.md`.
 
 mod alert;
@@ -24,6 +25,7 @@ mod resolve;
 mod rule_file;
 mod service;
 mod starter;
+mod tls;
 pub mod units;
 
 pub use analysis::{Analysis, NoData};
@@ -39,6 +41,7 @@ pub use notify::{
 pub use render::{render_json, render_toml};
 pub use resolve::{environments, load, resolve, validate_all};
 pub use starter::STARTER_FILE;
+pub use tls::{key_permission_warning, tls_warnings};
 
 /// The rule files a system's `rule_files` patterns match (relative to `base_dir`, the
 /// folder of the system file), sorted, each with the name to show for it.

@@ -4,8 +4,10 @@
 //! prints and what a revision stores.
 
 use crate::units::{ByteSize, Cpu, Dur};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// The environment a file without `--env` resolves to.
 pub const DEFAULT_ENV: &str = "dev";
@@ -165,9 +167,13 @@ pub struct Service {
     /// Extra environment variables for every instance.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    /// The public port tandem serves for this service (instances get their own `PORT`).
+    /// The public port tandem serves for this service (instances get their own `PORT`), and
+    /// the address it binds (loopback unless the file names one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
+    pub port: Option<PublicPort>,
+    /// HTTPS on the public port: the certificate and key files, absolute once resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
     /// Health check; without one an instance counts as healthy once it has started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
@@ -196,6 +202,120 @@ pub struct Service {
     /// Service-level objective; the built-in burn-rate alerts watch it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo: Option<Slo>,
+}
+
+/// `port`: where a service's public listener binds. `port = 8080` is 127.0.0.1:8080;
+/// `port = "0.0.0.0:8080"` names the address. Stored as the file writes it: a bare number
+/// while the address is loopback (so revisions stored before addresses existed keep their
+/// content hash and still load), `"ADDRESS:PORT"` otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicPort {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+impl PublicPort {
+    /// The address a bare `port = N` binds.
+    pub const DEFAULT_IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    /// `port` on 127.0.0.1.
+    pub fn loopback(port: u16) -> PublicPort {
+        PublicPort {
+            ip: PublicPort::DEFAULT_IP,
+            port,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+
+    /// Whether the file wrote a bare port number (the address is 127.0.0.1).
+    pub fn is_default_ip(&self) -> bool {
+        self.ip == PublicPort::DEFAULT_IP
+    }
+
+    /// Whether two listeners on these addresses cannot both be bound: the same port, and
+    /// the same address or either one all interfaces (`0.0.0.0`, `[::]`).
+    pub fn clashes_with(&self, other: &PublicPort) -> bool {
+        addresses_clash(self.addr(), other.addr())
+    }
+}
+
+/// Whether `a` and `b` cannot both be bound by listeners: the same port, and the same
+/// address or either one unspecified (`0.0.0.0` or `[::]`, which on Linux takes the port on
+/// every address of both families).
+pub fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+impl From<u16> for PublicPort {
+    fn from(port: u16) -> PublicPort {
+        PublicPort::loopback(port)
+    }
+}
+
+/// `8080` on loopback, else the address: `0.0.0.0:8080`, `[::]:8080`.
+impl fmt::Display for PublicPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_default_ip() {
+            write!(f, "{}", self.port)
+        } else {
+            write!(f, "{}", self.addr())
+        }
+    }
+}
+
+impl Serialize for PublicPort {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.is_default_ip() {
+            serializer.serialize_u16(self.port)
+        } else {
+            serializer.collect_str(&self.addr())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicPort {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PublicPort, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PublicPort;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number or an \"ADDRESS:PORT\" string")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<PublicPort, E> {
+                u16::try_from(n)
+                    .map(PublicPort::loopback)
+                    .map_err(|_| E::custom(format!("port {n} is out of range")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<PublicPort, E> {
+                u64::try_from(n)
+                    .map_err(|_| E::custom(format!("port {n} is out of range")))
+                    .and_then(|n| self.visit_u64(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<PublicPort, E> {
+                let addr: SocketAddr = text
+                    .parse()
+                    .map_err(|_| E::custom(format!("'{text}' is not ADDRESS:PORT")))?;
+                Ok(PublicPort {
+                    ip: addr.ip(),
+                    port: addr.port(),
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `tls = { cert = "...", key = "..." }`: the public listener speaks HTTPS with this
+/// certificate chain and private key (PEM files, absolute paths once resolved). The proxy
+/// reads them when a deploy opens the listener, and again whenever they change on disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: String,
+    pub key: String,
 }
 
 /// `slo = { availability = 0.999, latency_p99 = "300ms", window = "30d" }`.

@@ -12,7 +12,7 @@
 use crate::alert::read_alert;
 use crate::check::{Field, Phase, Report, closest, with_suggestion};
 use crate::diagnostic::{Diagnostic, Diagnostics, SourceFile};
-use crate::model::{AlertRule, DEFAULT_ENV, ServerSettings, Service, System};
+use crate::model::{AlertRule, DEFAULT_ENV, PublicPort, ServerSettings, Service, System};
 use crate::node::{self, Entry, Node, Span, Table, Value};
 use crate::rule_file;
 use crate::service::{HEALTH_KINDS, ServiceSpans, normalize, read_service};
@@ -840,6 +840,8 @@ pub(crate) fn find_cycles(services: &BTreeMap<String, Service>) -> Vec<Vec<Strin
     cycles.into_iter().collect()
 }
 
+/// Two services cannot bind clashing addresses (the same port, and the same address or
+/// either one all interfaces), and none may take the server's listen port.
 fn check_ports(
     report: &mut Report<'_>,
     services: &BTreeMap<String, Service>,
@@ -847,23 +849,39 @@ fn check_ports(
     listen: Option<&str>,
     listen_span: Option<Span>,
 ) {
-    let mut owners: BTreeMap<u16, &str> = BTreeMap::new();
-    let server_port = listen.and_then(listen_port);
+    let mut owners: Vec<(PublicPort, &str)> = Vec::new();
+    let server = listen.and_then(listen_address);
     for (name, service) in services {
         let (Some(port), Some(span)) = (service.port, spans.get(name).and_then(|s| s.port.clone()))
         else {
             continue;
         };
-        if let Some(first) = owners.get(&port) {
-            report.context_error(
-                span.clone(),
-                format!("port {port} is used by both '{first}' and '{name}'"),
-                "give each service its own port",
-            );
+        if let Some((first_port, first)) =
+            owners.iter().find(|(other, _)| other.clashes_with(&port))
+        {
+            let message = if *first_port == port {
+                format!("port {port} is used by both '{first}' and '{name}'")
+            } else {
+                format!(
+                    "port {} of '{name}' clashes with {} of '{first}': an address of all interfaces takes the port on every address",
+                    port.addr(),
+                    first_port.addr()
+                )
+            };
+            report.context_error(span.clone(), message, "give each service its own port");
         } else {
-            owners.insert(port, name);
+            owners.push((port, name));
         }
-        if server_port == Some(port) {
+        let server_clash = match server {
+            Some((Some(ip), server_port)) => port.clashes_with(&PublicPort {
+                ip,
+                port: server_port,
+            }),
+            // A host name: it may be any address of this machine.
+            Some((None, server_port)) => server_port == port.port,
+            None => false,
+        };
+        if server_clash {
             let at = listen_span
                 .as_ref()
                 .map(|listen| {
@@ -874,12 +892,24 @@ fn check_ports(
             report.context_error(
                 span,
                 format!(
-                    "service '{name}' uses port {port}, which the tandem server listens on{at}"
+                    "service '{name}' uses port {}, which the tandem server listens on{at}",
+                    port.port
                 ),
                 "change the service's port or the server's listen address",
             );
         }
     }
+}
+
+/// The address and port of a `HOST:PORT` listen address; the address is `None` for a host
+/// name.
+fn listen_address(address: &str) -> Option<(Option<std::net::IpAddr>, u16)> {
+    let port = listen_port(address)?;
+    let ip = address
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|addr| addr.ip());
+    Some((ip, port))
 }
 
 fn check_rule_files(report: &mut Report<'_>, patterns: &[(String, Span)], base_dir: &Path) {

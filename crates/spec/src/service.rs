@@ -8,7 +8,8 @@
 use crate::check::{Field, Report, with_suggestion};
 use crate::interpolate;
 use crate::model::{
-    Health, HealthCheck, Limits, Protocol, Release, RestartPolicy, Service, Slo, Stop,
+    Health, HealthCheck, Limits, Protocol, PublicPort, Release, RestartPolicy, Service, Slo, Stop,
+    Tls,
 };
 use crate::node::{Entry, Span, Table};
 use crate::units::{ByteSize, Cpu, Dur};
@@ -29,12 +30,14 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "release",
     "protocol",
     "slo",
+    "tls",
 ];
 const HEALTH_KEYS: &[&str] = &[
     "http", "tcp", "exec", "interval", "timeout", "grace", "failures",
 ];
 pub(crate) const HEALTH_KINDS: &[&str] = &["http", "tcp", "exec"];
 const LIMIT_KEYS: &[&str] = &["memory", "cpu", "pids"];
+const TLS_KEYS: &[&str] = &["cert", "key"];
 const SLO_KEYS: &[&str] = &["availability", "latency_p99", "window"];
 const STOP_KEYS: &[&str] = &["signal", "grace"];
 const STRATEGIES: &[&str] = &["recreate", "blue-green", "canary"];
@@ -78,6 +81,7 @@ pub(crate) fn read_service(
         cwd: normalize(base_dir).to_string_lossy().into_owned(),
         env: Default::default(),
         port: None,
+        tls: None,
         health: None,
         depends_on: Vec::new(),
         limits: Limits::default(),
@@ -229,6 +233,24 @@ pub(crate) fn read_service(
     }
     if let Some(slo) = table.get("slo") {
         service.slo = read_slo(report, slo, section);
+    }
+    if let Some(tls) = table.get("tls") {
+        service.tls = read_tls(report, tls, section, base_dir);
+        // Both need the merged service: an overlay may add the port or change the protocol.
+        if service.protocol == Protocol::Tcp {
+            report.context_error(
+                tls.key_span.clone(),
+                format!("service '{name}' has 'tls', but its protocol is tcp"),
+                "tandem ends TLS only for HTTP: set protocol = \"http\" (or an http health check), or remove 'tls' and let the program speak TLS itself, as tcp passes bytes through untouched",
+            );
+        }
+        if service.port.is_none() {
+            report.context_error(
+                tls.key_span.clone(),
+                format!("service '{name}' has 'tls', but no 'port' to serve it on"),
+                "add a public port, like port = \"0.0.0.0:443\"; edge listeners between services stay plain",
+            );
+        }
     }
     (service, spans)
 }
@@ -395,19 +417,147 @@ fn read_env(report: &mut Report<'_>, entry: &Entry, section: &str, service: &mut
     }
 }
 
-fn read_port(report: &mut Report<'_>, entry: &Entry, section: &str) -> Option<u16> {
-    let number = report.integer(entry, &Field::new(section, "port = 8080"))?;
-    match u16::try_from(number) {
-        Ok(port) if port > 0 => Some(port),
-        _ => {
-            report.value_error(
-                entry.node.span.clone(),
-                format!("port {number} is out of range"),
-                "use a TCP port from 1 to 65535",
-            );
-            None
+/// `port = 8080` (127.0.0.1) or `port = "ADDRESS:PORT"` (`0.0.0.0:80`, `[::]:443`).
+fn read_port(report: &mut Report<'_>, entry: &Entry, section: &str) -> Option<PublicPort> {
+    let span = entry.node.span.clone();
+    let out_of_range = |report: &mut Report<'_>, number: &str| {
+        report.value_error(
+            span.clone(),
+            format!("port {number} is out of range"),
+            "use a TCP port from 1 to 65535",
+        );
+    };
+    let text = match &entry.node.value {
+        crate::node::Value::Integer(number) => {
+            return match u16::try_from(*number) {
+                Ok(port) if port > 0 => Some(PublicPort::loopback(port)),
+                _ => {
+                    out_of_range(report, &number.to_string());
+                    None
+                }
+            };
         }
+        crate::node::Value::String(text) => text.as_str(),
+        other => {
+            report.value_error(
+                span,
+                format!(
+                    "wrong type for 'port' in {section}: expected a port number or an \"ADDRESS:PORT\" string, found {}",
+                    other.type_phrase()
+                ),
+                "write it like port = 8080 (127.0.0.1 only) or port = \"0.0.0.0:8080\" (every interface)",
+            );
+            return None;
+        }
+    };
+    let address_hint = "write an IP address and a port, like \"0.0.0.0:8080\" (every interface), \"[::]:8080\" or \"192.168.1.10:8080\"; host names are not looked up";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        let hint = if text.parse::<u32>().is_ok() {
+            format!(
+                "write the number without quotes, port = {text}, to bind 127.0.0.1; or {address_hint}"
+            )
+        } else {
+            address_hint.to_string()
+        };
+        report.value_error(span, format!("port '{text}' has no ':PORT'"), hint);
+        return None;
+    };
+    let port = match port.parse::<u64>() {
+        Ok(number) => match u16::try_from(number) {
+            Ok(port) if port > 0 => port,
+            _ => {
+                out_of_range(report, &number.to_string());
+                return None;
+            }
+        },
+        Err(_) => {
+            report.value_error(
+                span,
+                format!("'{port}' in port '{text}' is not a port number"),
+                "end the address with a TCP port from 1 to 65535, like \"0.0.0.0:8080\"",
+            );
+            return None;
+        }
+    };
+    let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    let ip = match bracketed {
+        Some(v6) => v6
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(std::net::IpAddr::V6),
+        None => host
+            .parse::<std::net::Ipv4Addr>()
+            .ok()
+            .map(std::net::IpAddr::V4),
+    };
+    let Some(ip) = ip else {
+        let hint = if bracketed.is_none() && host.contains(':') {
+            format!("put an IPv6 address in brackets, like \"[{host}]:{port}\"")
+        } else {
+            address_hint.to_string()
+        };
+        report.value_error(
+            span,
+            format!("'{host}' in port '{text}' is not an IP address"),
+            hint,
+        );
+        return None;
+    };
+    if ip.is_multicast() {
+        report.value_error(
+            span,
+            format!("'{host}' in port '{text}' is a multicast address"),
+            address_hint,
+        );
+        return None;
     }
+    Some(PublicPort { ip, port })
+}
+
+/// `tls = { cert = "certs/web.pem", key = "certs/web.key" }`: paths against the file's
+/// folder, made absolute; each file must load (see `tls`).
+fn read_tls(report: &mut Report<'_>, entry: &Entry, section: &str, base_dir: &Path) -> Option<Tls> {
+    let example = "tls = { cert = \"certs/web.pem\", key = \"certs/web.key\" }";
+    let table = report.table(entry, &Field::new(section, example))?;
+    let section = format!("{}.tls]", section.trim_end_matches(']'));
+    report.unknown_keys(table, &section, TLS_KEYS);
+    let path_of = |report: &mut Report<'_>, key: &str, example: &str| {
+        let Some(value) = table.get(key) else {
+            report.context_error(
+                entry.node.span.clone(),
+                format!("{section} has no '{key}'"),
+                format!("add {example}: both the certificate chain and its private key are needed"),
+            );
+            return None;
+        };
+        let text = report.string(value, &Field::new(&section, example))?;
+        let path = normalize(&base_dir.join(text));
+        Some((value, text.to_string(), path))
+    };
+    let cert = path_of(report, "cert", "cert = \"certs/web.pem\"");
+    let key = path_of(report, "key", "key = \"certs/web.key\"");
+    // Each file is checked where it is written (an overlay may name only one of them); the
+    // pair only when the table names both.
+    let chain = cert.as_ref().and_then(|(value, shown, path)| {
+        crate::tls::check_cert(path, shown)
+            .map_err(|p| report.value_error(value.node.span.clone(), p.message, p.hint))
+            .ok()
+    });
+    let private = key.as_ref().and_then(|(value, shown, path)| {
+        crate::tls::check_key(path, shown)
+            .map_err(|p| report.value_error(value.node.span.clone(), p.message, p.hint))
+            .ok()
+    });
+    let (cert, key) = (cert?, key?);
+    if let (Some(chain), Some(private)) = (chain, private)
+        && let Err(p) = crate::tls::check_pair(chain, private, &cert.1, &key.1)
+    {
+        report.value_error(entry.node.span.clone(), p.message, p.hint);
+    }
+    Some(Tls {
+        cert: cert.2.to_string_lossy().into_owned(),
+        key: key.2.to_string_lossy().into_owned(),
+    })
 }
 
 fn read_health(
@@ -809,4 +959,68 @@ pub(crate) fn normalize(path: &Path) -> PathBuf {
         }
     }
     normalized
+}
+
+#[cfg(test)]
+mod port_tests {
+    use crate::model::{PublicPort, Service};
+
+    /// A revision stored before ports had addresses (`"port": 8080`) still loads, and a
+    /// loopback port is stored the old way, so such a revision keeps its content hash.
+    #[test]
+    fn stored_ports_load_and_keep_their_form() {
+        let old = r#"{"run":"./api","cwd":"/srv","port":8080,"limits":{},"replicas":1,
+            "stop":{"signal":"SIGTERM","grace":"10s"},"restart":"always"}"#;
+        let service: Service = serde_json::from_str(old).expect("old revision loads");
+        assert_eq!(service.port, Some(PublicPort::loopback(8080)));
+        assert_eq!(service.tls, None);
+        let again = serde_json::to_value(&service).unwrap();
+        assert_eq!(again["port"], serde_json::json!(8080));
+        assert!(again.get("tls").is_none());
+
+        let mut public = service.clone();
+        public.port = Some(PublicPort {
+            ip: "::".parse().unwrap(),
+            port: 443,
+        });
+        let text = serde_json::to_string(&public).unwrap();
+        assert!(text.contains(r#""port":"[::]:443""#), "{text}");
+        let back: Service = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, public);
+    }
+
+    #[test]
+    fn all_interfaces_clash_with_every_address_of_the_port() {
+        let p = |text: &str| {
+            let addr: std::net::SocketAddr = text.parse().unwrap();
+            PublicPort {
+                ip: addr.ip(),
+                port: addr.port(),
+            }
+        };
+        assert!(p("0.0.0.0:80").clashes_with(&p("127.0.0.1:80")));
+        assert!(p("192.168.1.10:80").clashes_with(&p("[::]:80")));
+        assert!(p("127.0.0.1:80").clashes_with(&p("127.0.0.1:80")));
+        assert!(!p("127.0.0.1:80").clashes_with(&p("192.168.1.10:80")));
+        assert!(!p("0.0.0.0:80").clashes_with(&p("0.0.0.0:81")));
+    }
+
+    #[test]
+    fn a_key_readable_by_others_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("web.key");
+        std::fs::write(&key, "secret").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(crate::tls::key_permission_warning("web", &key), None);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let warning = crate::tls::key_permission_warning("web", &key).expect("a warning");
+        assert!(
+            warning.contains("readable by its group (mode 0640)"),
+            "{warning}"
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warning = crate::tls::key_permission_warning("web", &key).expect("a warning");
+        assert!(warning.contains("chmod 600"), "{warning}");
+    }
 }

@@ -80,9 +80,17 @@ pub(crate) async fn status(ctx: &Ctx, format: Output) -> Result<u8> {
                 }
                 _ => red(i.state.as_str()),
             };
-            let port = match service.port {
-                Some(p) => format!("{p}→{}", i.port),
-                None => format!("{}", i.port),
+            let port = match (service.port, &service.address) {
+                (Some(p), address) => {
+                    let public = address.clone().unwrap_or_else(|| p.to_string());
+                    if service.tls {
+                        let address = address.clone().unwrap_or_else(|| format!("127.0.0.1:{p}"));
+                        format!("https://{address}→{}", i.port)
+                    } else {
+                        format!("{public}→{}", i.port)
+                    }
+                }
+                (None, _) => format!("{}", i.port),
             };
             let uptime = match (i.state.is_up(), i.started_ms) {
                 (true, Some(t)) => age(now_ms() - t),

@@ -151,6 +151,9 @@ async fn deploy_file(
     format: Output,
 ) -> Result<u8> {
     let system = ctx.load()?;
+    for warning in tandem_spec::tls_warnings(&system) {
+        eprintln!("{} {warning}", output::yellow("warning:"));
+    }
     let client = ctx.client()?;
     let begun = Instant::now();
     let mut started_server = false;

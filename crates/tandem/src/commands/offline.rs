@@ -37,6 +37,13 @@ pub(crate) fn validate(ctx: &Ctx) -> Result<u8> {
     };
     match result {
         Ok(systems) => {
+            let mut warnings: Vec<String> =
+                systems.iter().flat_map(tandem_spec::tls_warnings).collect();
+            warnings.sort();
+            warnings.dedup();
+            for warning in warnings {
+                eprintln!("{} {warning}", output::yellow("warning:"));
+            }
             let envs: Vec<&str> = systems.iter().map(|s| s.env.as_str()).collect();
             let services = systems.first().map(|s| s.service.len()).unwrap_or(0);
             println!(
