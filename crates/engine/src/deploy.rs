@@ -93,6 +93,9 @@ pub(crate) struct Run {
     pub(crate) recreated: Vec<String>,
     /// Old instances to retire once the revision is live, with how long to keep them warm.
     pub(crate) retire: Vec<(String, Vec<String>, Duration)>,
+    /// Services this deployment started or replaced by a deploy (not a rollback or a
+    /// recovery), in the order they went: their `post_deploy` hooks run once it is live.
+    pub(crate) deployed: Vec<String>,
 }
 
 /// Why a roll-out stopped.
@@ -223,8 +226,11 @@ impl Engine {
                 if new_revision {
                     self.store.mark_live(&self.env, number)?;
                 }
+                let deployed = std::mem::take(&mut run.deployed);
                 self.retire(&system, run, &progress).await;
                 self.close_unneeded_listeners(&system);
+                self.run_post_deploy_hooks(&system, number, &deployed, Some(deployment), &progress)
+                    .await;
                 let ms = started.elapsed().as_millis() as u64;
                 self.store
                     .finish_deployment(deployment, DeploymentOutcome::Succeeded, None)?;
@@ -294,6 +300,45 @@ impl Engine {
         }
     }
 
+    /// The `post_deploy` hooks of the services a deploy started or replaced, once its
+    /// revision is live. A failure is reported (progress, deployment step, log); the
+    /// revision stays live: a hook after the switch cannot undo it.
+    async fn run_post_deploy_hooks(
+        &self,
+        system: &System,
+        revision: u64,
+        deployed: &[String],
+        deployment: Option<u64>,
+        progress: &Option<Progress>,
+    ) {
+        let templates = self.templates(system);
+        for name in deployed {
+            let Some(template) = templates.get(name) else {
+                continue;
+            };
+            if let Err(message) = self
+                .run_hook(
+                    crate::hooks::Hook::PostDeploy,
+                    name,
+                    template,
+                    revision,
+                    deployment,
+                    progress,
+                )
+                .await
+            {
+                tracing::warn!("{message}");
+                say(
+                    progress,
+                    format!(
+                        "warning: {message}
+  revision {revision} stays live"
+                    ),
+                );
+            }
+        }
+    }
+
     /// Rolls out every touched service of `system`, layer by layer in dependency order.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn roll_out(
@@ -325,6 +370,23 @@ impl Engine {
                     self.wait_dependency(dep)
                         .await
                         .map_err(|e| failure(format!("service '{name}' cannot start: {e}")))?;
+                }
+                // New code of the service: its pre_deploy hook (a migration) runs first,
+                // while the previous revision still serves.
+                if !options.plain
+                    && matches!(plan.action, ServiceAction::Start | ServiceAction::Replace)
+                {
+                    self.run_hook(
+                        crate::hooks::Hook::PreDeploy,
+                        name,
+                        template,
+                        revision,
+                        deployment,
+                        progress,
+                    )
+                    .await
+                    .map_err(failure)?;
+                    run.deployed.push(name.clone());
                 }
                 let serving = self.routing.lock().expect("routing lock").serving(name);
                 let others: Vec<String> = self

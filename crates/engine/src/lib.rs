@@ -17,6 +17,7 @@ pub mod collect;
 pub mod deploy;
 pub mod edges;
 pub mod exposition;
+pub mod hooks;
 pub mod plan;
 mod rollback;
 pub mod routing;

@@ -72,6 +72,8 @@ pub fn desired_templates(
             process_view.protocol = Default::default();
             // TLS ends in the proxy: new certificate files need no new processes.
             process_view.tls = None;
+            // Hooks run around a deploy; changing one needs no new processes.
+            process_view.hooks = None;
             let mut hasher = Sha256::new();
             hasher.update(serde_json::to_vec(&process_view).unwrap_or_default());
             hasher.update(serde_json::to_vec(&env).unwrap_or_default());

@@ -15,6 +15,7 @@ mod check;
 mod diagnostic;
 mod diff;
 mod graph;
+pub mod hooks;
 mod interpolate;
 pub mod model;
 mod monitoring;

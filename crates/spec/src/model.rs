@@ -202,6 +202,9 @@ pub struct Service {
     /// Service-level objective; the built-in burn-rate alerts watch it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo: Option<Slo>,
+    /// Commands run around a deploy of this service (a migration before, a warm-up after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<crate::hooks::Hooks>,
 }
 
 /// `port`: where a service's public listener binds. `port = 8080` is 127.0.0.1:8080;

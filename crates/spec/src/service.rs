@@ -31,6 +31,7 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "protocol",
     "slo",
     "tls",
+    "hooks",
 ];
 const HEALTH_KEYS: &[&str] = &[
     "http", "tcp", "exec", "interval", "timeout", "grace", "failures",
@@ -92,6 +93,7 @@ pub(crate) fn read_service(
         release: None,
         protocol: Protocol::Tcp,
         slo: None,
+        hooks: None,
     };
     let Some(table) = report.table(
         entry,
@@ -252,6 +254,9 @@ pub(crate) fn read_service(
             );
         }
     }
+    if let Some(hooks) = table.get("hooks") {
+        service.hooks = crate::hooks::read_hooks(report, hooks, section);
+    }
     (service, spans)
 }
 
@@ -337,7 +342,7 @@ fn read_slo(report: &mut Report<'_>, entry: &Entry, service_section: &str) -> Op
 
 /// Checks a command line: not empty, splits like a shell would, uses no shell operators,
 /// and has valid `${...}` syntax.
-fn check_command(report: &mut Report<'_>, entry: &Entry, text: &str, section: &str) {
+pub(crate) fn check_command(report: &mut Report<'_>, entry: &Entry, text: &str, section: &str) {
     let key = &entry.key;
     let span = entry.node.span.clone();
     if text.trim().is_empty() {

@@ -33,6 +33,7 @@ fn system(replicas: u32) -> System {
         release: None,
         protocol: Default::default(),
         slo: None,
+        hooks: None,
     };
     System {
         name: "shop".into(),

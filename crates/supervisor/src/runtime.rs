@@ -393,6 +393,20 @@ impl Runtime {
         &self.config.logs_dir
     }
 
+    /// Where a one-off task of `service` named `name` (a deploy hook) writes its output:
+    /// beside the service's instance logs, rotated like them, so `tandem logs` shows it.
+    pub fn task_log(&self, service: &str, name: &str) -> crate::launch::LogSettings {
+        crate::launch::LogSettings {
+            path: self
+                .config
+                .logs_dir
+                .join(service)
+                .join(format!("{name}.log")),
+            max_bytes: self.config.log_max_bytes,
+            max_files: self.config.log_max_files,
+        }
+    }
+
     /// Resource use of every instance whose process runs, for the metrics collector: one
     /// walk of `/proc` for all of them, plus each one's cgroup files.
     pub fn usage_all(&self) -> Vec<(InstanceStatus, Usage)> {

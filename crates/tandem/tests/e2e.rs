@@ -3,6 +3,7 @@
 
 #![allow(unreachable_pub)]
 mod e2e {
+    pub mod hooks;
     pub mod public;
     pub mod support;
     pub mod warm;
