@@ -39,6 +39,11 @@ pub enum EventKind {
     AlertResolved,
     /// A rule's evaluation failed, or rule files could not be loaded.
     RuleError,
+    /// A silence was created: alerts matching it are not notified to webhook receivers
+    /// until it ends.
+    SilenceCreated,
+    /// A silence was expired by someone, or its time was up.
+    SilenceExpired,
     Note,
 }
 
@@ -72,6 +77,8 @@ impl EventKind {
             EventKind::RemoteWriteFailed => "remote-write-failed",
             EventKind::NotificationSent => "notification-sent",
             EventKind::NotificationFailed => "notification-failed",
+            EventKind::SilenceCreated => "silence-created",
+            EventKind::SilenceExpired => "silence-expired",
             EventKind::Note => "note",
         }
     }
@@ -109,6 +116,8 @@ pub const ALL_EVENT_KINDS: &[EventKind] = &[
     EventKind::AlertFiring,
     EventKind::AlertResolved,
     EventKind::RuleError,
+    EventKind::SilenceCreated,
+    EventKind::SilenceExpired,
     EventKind::Note,
 ];
 

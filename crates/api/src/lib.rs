@@ -8,10 +8,12 @@ pub mod apply;
 pub mod deployment;
 pub mod event;
 pub mod revision;
+pub mod silence;
 pub mod status;
 
 pub use apply::*;
 pub use deployment::*;
 pub use event::*;
 pub use revision::*;
+pub use silence::*;
 pub use status::*;

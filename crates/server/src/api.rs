@@ -35,6 +35,14 @@ pub(crate) fn router(state: Arc<AppState>, needs_token: bool) -> Router {
         .route("/v1/revisions/{number}", get(revision))
         .route("/v1/events", get(events))
         .route("/v1/notes", post(note))
+        .route(
+            "/v1/silences",
+            get(crate::alertapi::list_silences).post(crate::alertapi::create_silence),
+        )
+        .route(
+            "/v1/silences/{id}/expire",
+            post(crate::alertapi::expire_silence),
+        )
         .route("/v1/logs", get(logs_route));
     let routes = if needs_token {
         routes.layer(axum::middleware::from_fn_with_state(

@@ -21,6 +21,12 @@
 //!   `endsAt` at its resolution, resent every minute while the rules keep it (15 minutes).
 //!   Alertmanager does its own grouping, silencing and routing.
 //!
+//! Silences (`silences.rs`) mute webhook notifications the way Alertmanager's do: at each
+//! flush, firing alerts an active silence matches are left out of the group's notification
+//! and remembered as muted, so that their resolution is not told either (the receiver never
+//! heard of them), and so that they count as new, and are told at the group's next flush,
+//! once the silence is over.
+//!
 //! Deliveries are retried with exponential backoff and jitter. Every notification
 //! delivered or given up is a timeline event and is counted for `/metrics`
 //! (`tandem_notifications_total{receiver, outcome}`); the Alertmanager refreshes of alerts
@@ -30,8 +36,10 @@
 
 mod log;
 mod payload;
+mod silences;
 
 pub(crate) use payload::Observed;
+pub(crate) use silences::{SilenceError, Silences};
 
 use crate::delivery::{HttpsClient, SendError, exchange, https_client};
 use bytes::Bytes;
@@ -123,6 +131,9 @@ pub(crate) struct Notifier {
     counts: Arc<Mutex<BTreeMap<(String, &'static str), u64>>>,
     /// Where webhook receivers keep their notification logs; `None` keeps them in memory.
     log_dir: Option<PathBuf>,
+    silences: Arc<Silences>,
+    /// Puts the end of each silence on the timeline when its time is up.
+    silence_task: tokio::task::JoinHandle<()>,
     config: Mutex<Config>,
 }
 
@@ -142,7 +153,8 @@ struct Config {
 // === impl Notifier ===
 
 impl Notifier {
-    /// A notifier whose webhook receivers keep their logs in `data_dir/notifications`.
+    /// A notifier whose webhook receivers keep their logs in `data_dir/notifications`, with
+    /// the silences of `data_dir/silences.json`.
     pub(crate) fn new(env: &str, sink: Arc<dyn EventSink>, data_dir: &Path) -> Arc<Notifier> {
         Notifier::with(
             env,
@@ -150,6 +162,7 @@ impl Notifier {
             Policy::default(),
             Transport::Http(Box::new(https_client(None))),
             Some(data_dir.join("notifications")),
+            Some(data_dir.join("silences.json")),
         )
     }
 
@@ -159,7 +172,10 @@ impl Notifier {
         policy: Policy,
         transport: Transport,
         log_dir: Option<PathBuf>,
+        silences_file: Option<PathBuf>,
     ) -> Arc<Notifier> {
+        let silences = Silences::open(env, sink.clone(), silences_file, policy.clock);
+        let silence_task = tokio::spawn(silences.clone().watch_ends());
         Arc::new(Notifier {
             env: env.to_string(),
             sink,
@@ -167,8 +183,15 @@ impl Notifier {
             transport,
             counts: Arc::default(),
             log_dir,
+            silences,
+            silence_task,
             config: Mutex::default(),
         })
+    }
+
+    /// The environment's silences.
+    pub(crate) fn silences(&self) -> &Arc<Silences> {
+        &self.silences
     }
 
     /// Takes `system`'s receivers and routes. A receiver whose settings did not change
@@ -248,6 +271,7 @@ impl Notifier {
             policy: self.policy.clone(),
             transport: self.transport.clone(),
             counts: self.counts.clone(),
+            silences: self.silences.clone(),
         }
     }
 
@@ -319,6 +343,7 @@ impl Notifier {
 
 impl Drop for Notifier {
     fn drop(&mut self) {
+        self.silence_task.abort();
         if let Ok(config) = self.config.lock() {
             for task in &config.tasks {
                 task.abort();
@@ -339,6 +364,7 @@ struct Worker {
     clock: Clock,
     /// The log could not be written last time (reported once until it can again).
     log_failing: AtomicBool,
+    silences: Arc<Silences>,
     state: Mutex<State>,
     wake: Notify,
 }
@@ -378,6 +404,9 @@ struct Group {
     repeat_at: Option<Instant>,
     /// The last notification, as the log keeps it.
     logged: Option<GroupLog>,
+    /// Firing alerts a silence muted at the last flush, whose firing the receiver was not
+    /// told since: their resolution is not told either.
+    muted: BTreeSet<Labels>,
 }
 
 /// A group's notification, taken when it is due.
@@ -444,6 +473,7 @@ impl Worker {
             log,
             clock: delivery.policy.clock,
             log_failing: AtomicBool::new(false),
+            silences: delivery.silences.clone(),
             state: Mutex::new(state),
             wake: Notify::new(),
         };
@@ -520,6 +550,7 @@ impl Worker {
                 notified_resolved: logged.resolved.iter().cloned().collect(),
                 repeat_at: Some(now + self.repeat_interval().saturating_sub(since)),
                 logged: Some(logged),
+                muted: BTreeSet::new(),
             };
             live.insert(key, group);
         }
@@ -607,6 +638,7 @@ impl Worker {
                             notified_resolved: BTreeSet::new(),
                             repeat_at: None,
                             logged: None,
+                            muted: BTreeSet::new(),
                         }),
                     };
                     let known = group.alerts.contains_key(&alert.labels);
@@ -695,7 +727,16 @@ impl Worker {
     /// rule: something new fires, something new resolved, everything resolved after a
     /// firing notification, or `repeat_interval` passed). Every due group's next flush is
     /// set a `group_interval` ahead. Returns the notifications and the next flush time.
+    ///
+    /// Silences apply first, as Alertmanager's mute stage does before its dedup stage:
+    /// firing alerts an active silence matches are not in the notification and do not make
+    /// one needed; they are remembered as muted, and their resolution is dropped untold. A
+    /// resolution an active silence matches is dropped too, even of an alert told firing
+    /// before the silence (as in Alertmanager).
     fn take_due(&self, now: Instant) -> (Vec<Due>, Option<Instant>) {
+        let wall = self.clock.now_ms();
+        let silences = self.silences.active(wall);
+        let silenced = |labels: &Labels| silences.iter().any(|s| s.mutes(labels, wall));
         let mut state = self.state.lock().expect("receiver lock");
         let State::Webhook { groups } = &mut *state else {
             return (Vec::new(), None);
@@ -706,10 +747,28 @@ impl Worker {
                 continue;
             }
             group.next_flush = now + self.group_interval();
+            let mut untold = Vec::new();
+            for (labels, (_, alert)) in &group.alerts {
+                if alert.firing() {
+                    if silenced(labels) {
+                        group.muted.insert(labels.clone());
+                    } else {
+                        group.muted.remove(labels);
+                    }
+                } else if silenced(labels) || group.muted.contains(labels) {
+                    untold.push(labels.clone());
+                }
+            }
+            for labels in &untold {
+                group.alerts.remove(labels);
+            }
+            let Group { alerts, muted, .. } = &mut *group;
+            muted.retain(|l| alerts.contains_key(l));
+            let any_firing = group.alerts.values().any(|(_, a)| a.firing());
             let firing: BTreeSet<&Labels> = group
                 .alerts
                 .values()
-                .filter(|(_, a)| a.firing())
+                .filter(|(_, a)| a.firing() && !group.muted.contains(&a.labels))
                 .map(|(_, a)| &a.labels)
                 .collect();
             let resolved: BTreeSet<&Labels> = group
@@ -724,7 +783,9 @@ impl Worker {
                     if !firing.iter().all(|l| group.notified_firing.contains(*l)) {
                         true
                     } else if firing.is_empty() {
-                        !group.notified_firing.is_empty()
+                        // Everything told firing resolved (muted alerts still firing are
+                        // not news).
+                        !group.notified_firing.is_empty() && !resolved.is_empty()
                     } else if !resolved
                         .iter()
                         .all(|l| group.notified_resolved.contains(*l))
@@ -736,18 +797,24 @@ impl Worker {
                 }
             };
             if needed {
-                let (firing, resolved): (Vec<_>, Vec<_>) = group
+                let firing: Vec<(String, Observed)> = group
                     .alerts
                     .values()
+                    .filter(|(_, a)| a.firing() && !group.muted.contains(&a.labels))
                     .cloned()
-                    .partition(|(_, a)| a.firing());
-                let resolved = resolved.into_iter().map(|(_, a)| a).collect();
+                    .collect();
+                let resolved = group
+                    .alerts
+                    .values()
+                    .filter(|(_, a)| !a.firing())
+                    .map(|(_, a)| a.clone())
+                    .collect();
                 due.push(Due {
                     key: key.clone(),
                     firing,
                     resolved,
                 });
-            } else if firing.is_empty() {
+            } else if !any_firing {
                 // Nothing to say and nothing firing: resolutions nobody was told of the
                 // firing of are dropped with the group.
                 group.alerts.clear();
@@ -1013,6 +1080,7 @@ struct Delivery {
     policy: Policy,
     transport: Transport,
     counts: Arc<Mutex<BTreeMap<(String, &'static str), u64>>>,
+    silences: Arc<Silences>,
 }
 
 #[derive(Clone)]

@@ -94,6 +94,18 @@ fn setup_logged(
     clock: Clock,
     sources: Option<&[&str]>,
 ) -> Fixture {
+    setup_full(receivers, routes, log_dir, None, clock, sources)
+}
+
+/// [`setup_logged`] with the silences kept in `silences_file`.
+fn setup_full(
+    receivers: Vec<Receiver>,
+    routes: Vec<Route>,
+    log_dir: Option<&Path>,
+    silences_file: Option<&Path>,
+    clock: Clock,
+    sources: Option<&[&str]>,
+) -> Fixture {
     let (tx, sent) = mpsc::unbounded_channel();
     let fail = Arc::new(Mutex::new(BTreeSet::new()));
     let events = Arc::new(Events::default());
@@ -110,6 +122,7 @@ fn setup_logged(
             fail: fail.clone(),
         },
         log_dir.map(Path::to_path_buf),
+        silences_file.map(Path::to_path_buf),
     );
     if let Some(sources) = sources {
         notifier.retain_sources(&sources.iter().map(|s| s.to_string()).collect());
@@ -480,6 +493,7 @@ async fn a_webhook_is_sent_over_https() {
         Policy::default(),
         Transport::Http(Box::new(https_client(Some(cert)))),
         None,
+        None,
     );
     let mut receiver = webhook("ops", 0, 300, 3600);
     receiver.webhook = Some(format!("https://127.0.0.1:{port}/hook"));
@@ -842,6 +856,7 @@ async fn a_restarted_server_tells_the_resolution_and_not_the_unchanged_group_ove
             Policy::default(),
             Transport::Http(Box::new(https_client(Some(cert.clone())))),
             Some(dir.path().to_path_buf()),
+            None,
         );
         notifier.retain_sources(&["g".to_string()].into());
         notifier.load(
@@ -892,4 +907,344 @@ async fn a_restarted_server_tells_the_resolution_and_not_the_unchanged_group_ove
             .iter()
             .all(|(k, _)| *k == EventKind::NotificationSent)
     );
+}
+
+// === silences ===
+
+fn silence_request(matchers: &[&str], secs: u64) -> tandem_api::SilenceRequest {
+    tandem_api::SilenceRequest {
+        matchers: matchers.iter().map(|m| m.to_string()).collect(),
+        duration_ms: Some(secs * 1000),
+        created_by: "Ada".into(),
+        comment: "db maintenance".into(),
+        ..Default::default()
+    }
+}
+
+fn silence(f: &Fixture, matchers: &[&str], secs: u64) -> tandem_api::Silence {
+    f.notifier
+        .silences()
+        .create(silence_request(matchers, secs))
+        .unwrap()
+}
+
+fn events_of(f: &Fixture, kind: EventKind) -> Vec<Event> {
+    f.events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == kind)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silenced_alert_is_told_only_once_its_silence_ends_and_others_go_out_meanwhile() {
+    let mut f = setup(vec![webhook("ops", 10, 60, 3600)], vec![]);
+    let start = Instant::now();
+    let s = silence(&f, &["alertname=Down", "service=api"], 300);
+    let created = events_of(&f, EventKind::SilenceCreated);
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].who.as_deref(), Some("Ada"));
+    assert!(
+        created[0].message.contains(&s.id)
+            && created[0]
+                .message
+                .contains(r#"{alertname="Down", service="api"}"#)
+            && created[0].message.contains("(5m)")
+            && created[0].message.contains("db maintenance"),
+        "{}",
+        created[0].message
+    );
+    f.notifier.observe(
+        "g",
+        &[alert("Down", "api", "a"), alert("Down", "db", "b")],
+        1_000,
+        INTERVAL,
+    );
+    // The db group goes out at group_wait; the api group is muted.
+    let (_, body, after) = next(&mut f.sent, start).await;
+    assert_eq!(after, Duration::from_secs(10));
+    assert_eq!(body["groupLabels"]["service"], "db");
+    // The silence ends at 300 s; the api group, looked at every group_interval from 10 s,
+    // is told at its first look after that, as a new group.
+    let (_, body, after) = next(&mut f.sent, start).await;
+    assert_eq!(after, Duration::from_secs(310));
+    assert_eq!(body["groupLabels"]["service"], "api");
+    assert_eq!(instances(&body, "firing"), ["a"]);
+    let ended = events_of(&f, EventKind::SilenceExpired);
+    assert_eq!(ended.len(), 1, "its end is on the timeline: {ended:?}");
+    assert!(ended[0].message.contains(&s.id) && ended[0].who.is_none());
+    // In the wall clock the silence ended at 300 s after it started.
+    assert_eq!(s.ends_at_ms - s.starts_at_ms, 300_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiring_a_silence_lets_its_alerts_out_at_the_next_look() {
+    let mut f = setup(vec![webhook("ops", 10, 60, 3600)], vec![]);
+    let start = Instant::now();
+    let s = silence(&f, &["alertname=Down"], 3600);
+    f.notifier
+        .observe("g", &[alert("Down", "api", "a")], 1_000, INTERVAL);
+    quiet(&mut f.sent, Duration::from_secs(100)).await;
+    // A prefix of the id is enough when it names one silence.
+    let expired = f.notifier.silences().expire(&s.id[..8], "Grace").unwrap();
+    assert_eq!(expired.id, s.id);
+    let told = events_of(&f, EventKind::SilenceExpired);
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0].who.as_deref(), Some("Grace"));
+    assert!(told[0].message.contains(r#"{alertname="Down"}"#));
+    let (_, body, after) = next(&mut f.sent, start).await;
+    assert_eq!(after, Duration::from_secs(130), "looks at 10, 70, 130 s");
+    assert_eq!(instances(&body, "firing"), ["a"]);
+    // Expired already, or unknown: said so.
+    let again = f.notifier.silences().expire(&s.id, "Grace").unwrap_err();
+    assert!(again.to_string().contains("already expired"), "{again}");
+    let unknown = f.notifier.silences().expire("nope", "Grace").unwrap_err();
+    assert!(
+        unknown.to_string().contains("no silence has the id 'nope'")
+            && unknown
+                .to_string()
+                .contains("hint: `tandem alerts silences --all`"),
+        "{unknown}"
+    );
+    assert_eq!(events_of(&f, EventKind::SilenceExpired).len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn resolutions_of_alerts_whose_firing_was_muted_are_not_told() {
+    let mut f = setup(vec![webhook("ops", 10, 60, 3600)], vec![]);
+    let start = Instant::now();
+    let (a, b, c) = (
+        alert("Down", "api", "a"),
+        alert("Down", "api", "b"),
+        alert("Down", "api", "c"),
+    );
+    // b's silence ends before b resolves; c resolves while its silence lasts.
+    silence(&f, &["instance=b"], 65);
+    silence(&f, &["instance=c"], 3600);
+    f.notifier
+        .observe("g", &[a.clone(), b.clone(), c.clone()], 1_000, INTERVAL);
+    let (_, body, after) = next(&mut f.sent, start).await;
+    assert_eq!(after, Duration::from_secs(10));
+    assert_eq!(instances(&body, "firing"), ["a"], "b and c are muted");
+    tokio::time::sleep(Duration::from_secs(56)).await;
+    f.notifier.observe(
+        "g",
+        &[a.clone(), resolved(b, 66_000), resolved(c, 66_000)],
+        67_000,
+        INTERVAL,
+    );
+    // Nothing changed for the receiver: it hears of a again at repeat_interval, alone.
+    let (_, body, after) = next(&mut f.sent, start).await;
+    assert_eq!(after, Duration::from_secs(3610));
+    assert_eq!(instances(&body, "firing"), ["a"]);
+    assert!(instances(&body, "resolved").is_empty(), "{body}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn silences_match_with_regexes_and_negations() {
+    let mut f = setup(
+        vec![grouped_by(webhook("ops", 10, 60, 3600), &["..."])],
+        vec![],
+    );
+    silence(&f, &[r#"service=~"api|web""#, r#"severity!="page""#], 3600);
+    let severity = |instance: &str, service: &str, severity: &str| {
+        with_label(alert("Down", service, instance), "severity", severity)
+    };
+    f.notifier.observe(
+        "g",
+        &[
+            severity("a", "api", "ticket"),  // muted
+            alert("Down", "web", "b"),       // muted: no severity is "", not "page"
+            severity("c", "api", "page"),    // a page goes out
+            severity("d", "db", "ticket"),   // not api or web
+            severity("e", "apis", "ticket"), // the regex is anchored
+        ],
+        1_000,
+        INTERVAL,
+    );
+    let mut got: Vec<String> = all_within(&mut f.sent, Duration::from_secs(11))
+        .await
+        .into_iter()
+        .map(|(_, body)| instances(&body, "firing").join(","))
+        .collect();
+    got.sort();
+    assert_eq!(got, ["c", "d", "e"]);
+    quiet(&mut f.sent, Duration::from_secs(3000)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn alertmanager_receivers_get_silenced_alerts_too() {
+    let mut f = setup(vec![alertmanager("am")], vec![]);
+    silence(&f, &["alertname=Down"], 3600);
+    f.notifier
+        .observe("g", &[alert("Down", "api", "a")], 10_000, INTERVAL);
+    let (_, body, _) = next(&mut f.sent, Instant::now()).await;
+    assert_eq!(body[0]["labels"]["alertname"], "Down");
+}
+
+#[tokio::test(start_paused = true)]
+async fn silences_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("silences.json");
+    let clock = Clock::system();
+    let ops = || vec![webhook("ops", 10, 60, 3600)];
+    let f = setup_full(ops(), vec![], None, Some(&file), clock, Some(&["g"]));
+    let s = silence(&f, &["alertname=Down"], 3600);
+    assert!(file.exists() && !dir.path().join("silences.json.tmp").exists());
+    drop(f);
+
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    let restarted = Instant::now();
+    let mut f = setup_full(ops(), vec![], None, Some(&file), clock, Some(&["g"]));
+    assert_eq!(f.notifier.silences().list(), std::slice::from_ref(&s));
+    f.notifier.observe(
+        "g",
+        &[alert("Down", "api", "a"), alert("Up", "api", "b")],
+        101_000,
+        INTERVAL,
+    );
+    let (_, body, after) = next(&mut f.sent, restarted).await;
+    assert_eq!(after, Duration::from_secs(10));
+    assert_eq!(
+        body["groupLabels"]["alertname"], "Up",
+        "Down is still muted"
+    );
+    // The silence ends 3600 s after it was made, 3500 s after the restart: Down is told at
+    // the first look after that (looks at 10 + 60k s).
+    let (_, body, after) = next(&mut f.sent, restarted).await;
+    assert_eq!(after, Duration::from_secs(3550));
+    assert_eq!(body["groupLabels"]["alertname"], "Down");
+    assert!(
+        f.events
+            .kinds()
+            .iter()
+            .all(|(k, _)| *k != EventKind::NotificationFailed)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silence_file_that_cannot_be_read_is_reported_and_the_server_starts_without_silences() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("silences.json");
+    std::fs::write(&file, "{\"version\": 1, \"silences\": [{\"id\": ").unwrap();
+    let ops = || vec![webhook("ops", 10, 60, 3600)];
+    let mut f = setup_full(ops(), vec![], None, Some(&file), Clock::system(), None);
+    let failed = events_of(&f, EventKind::NotificationFailed);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].message.contains(&file.display().to_string())
+            && failed[0].message.contains("EOF while parsing")
+            && failed[0].message.contains("starts without silences"),
+        "{}",
+        failed[0].message
+    );
+    assert!(
+        dir.path().join("silences.json.unreadable").exists(),
+        "kept aside for a look"
+    );
+    assert!(f.notifier.silences().list().is_empty());
+    let start = Instant::now();
+    f.notifier
+        .observe("g", &[alert("Down", "api", "a")], 1_000, INTERVAL);
+    let (_, _, after) = next(&mut f.sent, start).await;
+    assert_eq!(after, Duration::from_secs(10));
+    // New silences are written to a good file.
+    let s = silence(&f, &["alertname=Down"], 60);
+    drop(f);
+    let f = setup_full(ops(), vec![], None, Some(&file), Clock::system(), None);
+    assert_eq!(f.notifier.silences().list(), [s]);
+    assert!(events_of(&f, EventKind::NotificationFailed).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_silences_are_kept_five_days_then_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("silences.json");
+    let clock = Clock::system();
+    let f = setup_full(vec![], vec![], None, Some(&file), clock, None);
+    let kept = silence(&f, &["alertname=Down"], 3600);
+    let ended = silence(&f, &["alertname=Slow"], 3600);
+    f.notifier.silences().expire(&ended.id, "Ada").unwrap();
+    let list = f.notifier.silences().list();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].id, kept.id, "active first");
+    assert_eq!(
+        list[1].state(f.notifier.silences().now_ms()),
+        tandem_api::SilenceState::Expired
+    );
+    tokio::time::sleep(silences::RETENTION - Duration::from_secs(60)).await;
+    assert_eq!(f.notifier.silences().list().len(), 2, "kept 5 days");
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    // 5 days after their end: `ended` went first, `kept` (ended an hour later) is next.
+    let ids: Vec<String> = f
+        .notifier
+        .silences()
+        .list()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, std::slice::from_ref(&kept.id));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !text.contains(&ended.id) && text.contains(&kept.id),
+        "{text}"
+    );
+    // A restart reads what is left and drops what ran out meanwhile.
+    drop(f);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let f = setup_full(vec![], vec![], None, Some(&file), clock, None);
+    assert!(f.notifier.silences().list().is_empty());
+    assert!(!std::fs::read_to_string(&file).unwrap().contains(&kept.id));
+}
+
+#[test]
+fn bad_silences_are_refused_with_every_reason() {
+    let now = 1_000_000;
+    let check = |request: tandem_api::SilenceRequest, want: &[&str]| {
+        let e = silences::validate(request, now).unwrap_err().to_string();
+        for w in want {
+            assert!(e.contains(w), "{w:?} not in:\n{e}");
+        }
+        assert!(e.contains("hint:"), "{e}");
+    };
+    check(
+        silence_request(&[], 60),
+        &["a silence needs at least one matcher"],
+    );
+    check(
+        silence_request(&[r#"service=~"api|(web""#, "alertname"], 60),
+        &[
+            r#"invalid regex in matcher 'service=~"api|(web"'"#,
+            "matcher 'alertname' has no operator",
+        ],
+    );
+    check(
+        silence_request(&["severity!=info", r#"service=~".*""#], 60),
+        &["would mute every alert"],
+    );
+    let mut past = silence_request(&["alertname=Down"], 60);
+    past.duration_ms = None;
+    past.ends_at_ms = Some(now - 1);
+    past.comment = " ".into();
+    check(
+        past,
+        &[
+            "the silence would end at 1970-01-01T00:16:39Z, which is not in the future",
+            "a silence needs a comment",
+        ],
+    );
+    let mut endless = silence_request(&["alertname=Down"], 60);
+    endless.duration_ms = None;
+    check(endless, &["a silence needs an end"]);
+    let mut backwards = silence_request(&["alertname=Down"], 60);
+    backwards.duration_ms = None;
+    backwards.starts_at_ms = Some(now + 10_000);
+    backwards.ends_at_ms = Some(now + 5_000);
+    check(backwards, &["before it starts"]);
+    let ok = silences::validate(silence_request(&["alertname=Down"], 60), now).unwrap();
+    assert_eq!(ok.ends_at_ms - ok.starts_at_ms, 60_000);
+    assert_eq!(ok.id.len(), 36);
 }
