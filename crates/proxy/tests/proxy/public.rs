@@ -281,9 +281,12 @@ async fn https_serves_http1_and_http2_and_tells_the_backend() {
     let (proxy, addr, _backend) = https_proxy(&files).await;
 
     // HTTP/1.1 through rustls, offering only http/1.1.
-    let (served, stream) = handshake(addr, &connector(&[cert.clone()], &[b"http/1.1"]))
-        .await
-        .unwrap();
+    let (served, stream) = handshake(
+        addr,
+        &connector(std::slice::from_ref(&cert), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
     assert_eq!(served, cert);
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let body = get_over(stream).await;
