@@ -2,7 +2,8 @@
 //! cumulative counters by service, caller, revision, method, status class and error source,
 //! and a latency histogram by service, caller and revision. Each round turns them into
 //! samples (`tandem_http_requests_total`, `..._bytes_total`,
-//! `tandem_http_request_duration_seconds_bucket/_sum/_count`). Labels are bounded: services,
+//! `tandem_http_request_duration_seconds_bucket/_sum/_count`), and failed TLS handshakes on
+//! HTTPS ports by service (`tandem_tls_handshake_failures_total`). Labels are bounded: services,
 //! callers and revisions of one environment; classes, never raw codes or paths.
 
 use std::collections::BTreeMap;
@@ -27,6 +28,8 @@ type HistogramKey = (String, String, u64);
 pub(crate) struct TrafficMetrics {
     counters: Mutex<BTreeMap<CounterKey, Counted>>,
     latency: Mutex<BTreeMap<HistogramKey, LatencyHistogram>>,
+    /// Failed TLS handshakes by service.
+    tls_failures: Mutex<BTreeMap<String, u64>>,
 }
 
 impl std::fmt::Debug for TrafficMetrics {
@@ -66,6 +69,11 @@ impl MetricsSink for TrafficMetrics {
             .or_default()
             .observe(r.duration);
     }
+
+    fn tls_handshake_failed(&self, service: &str) {
+        let mut failures = self.tls_failures.lock().expect("metrics lock");
+        *failures.entry(service.to_string()).or_default() += 1;
+    }
 }
 
 impl TrafficMetrics {
@@ -92,6 +100,21 @@ impl TrafficMetrics {
                 let labels = Labels::new(base.iter().copied().chain([("__name__", name)]));
                 out.push((labels, Sample { t, v: v as f64 }));
             }
+        }
+        let tls_failures = self.tls_failures.lock().expect("metrics lock").clone();
+        for (service, failed) in tls_failures {
+            let labels = Labels::new([
+                ("env", env),
+                ("service", service.as_str()),
+                ("__name__", "tandem_tls_handshake_failures_total"),
+            ]);
+            out.push((
+                labels,
+                Sample {
+                    t,
+                    v: failed as f64,
+                },
+            ));
         }
         let latency = self.latency.lock().expect("metrics lock").clone();
         for ((service, caller, revision), h) in latency {
