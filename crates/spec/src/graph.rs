@@ -69,7 +69,7 @@ pub fn graph_text(system: &System) -> String {
         let Some(service) = system.service.get(&name) else {
             continue;
         };
-        let port = service.port.map(|p| format!(" :{p}")).unwrap_or_default();
+        let port = service.port.map(|p| format!(" {}", port_label(&p))).unwrap_or_default();
         if service.depends_on.is_empty() {
             out.push_str(&format!("{name}{port}\n"));
         } else {
@@ -88,7 +88,7 @@ pub fn graph_dot(system: &System) -> String {
     let mut out = format!("digraph {} {{\n  rankdir=LR;\n", quote(&system.name));
     for (name, service) in &system.service {
         let label = match service.port {
-            Some(port) => format!("{name}\\n:{port}"),
+            Some(port) => format!("{name}\\n{}", port_label(&port)),
             None => name.clone(),
         };
         out.push_str(&format!("  {} [label={}];\n", quote(name), quote(&label)));
@@ -100,4 +100,13 @@ pub fn graph_dot(system: &System) -> String {
     }
     out.push_str("}\n");
     out
+}
+
+/// `:8080` for a loopback port (the usual case), `0.0.0.0:80` for another address.
+fn port_label(port: &crate::model::PublicPort) -> String {
+    if port.is_default_ip() {
+        format!(":{}", port.port)
+    } else {
+        port.addr().to_string()
+    }
 }
