@@ -4,6 +4,7 @@
 #![allow(unreachable_pub)]
 mod e2e {
     pub mod hooks;
+    pub mod host;
     pub mod public;
     pub mod support;
     pub mod warm;
