@@ -37,6 +37,20 @@ pub(crate) struct LongFileArg {
     pub(crate) file: PathBuf,
 }
 
+/// `-f FILE` for `alerts`, before or after its subcommand.
+#[derive(Clone, Debug, Args)]
+pub(crate) struct AlertsFileArg {
+    /// The system file.
+    #[arg(
+        short = 'f',
+        long = "file",
+        default_value = "tandem.toml",
+        env = "TANDEM_FILE",
+        global = true
+    )]
+    pub(crate) file: PathBuf,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Output {
     Text,
@@ -150,12 +164,16 @@ pub(crate) enum Command {
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Pending and firing alerts, with since when and their value.
+    /// Pending and firing alerts, with since when and their value; and silences.
+    ///
+    /// Without a subcommand, lists the alerts (muted ones say by which silence).
     Alerts {
         #[command(flatten)]
-        target: FileArg,
-        #[arg(short, long, value_enum, default_value = "text")]
+        target: AlertsFileArg,
+        #[arg(short, long, value_enum, default_value = "text", global = true)]
         output: Output,
+        #[command(subcommand)]
+        action: Option<AlertsAction>,
     },
     /// Stop every service and the environment's server.
     Down {
@@ -263,6 +281,48 @@ pub(crate) enum Command {
     Shim { dir: PathBuf },
 }
 
+/// `tandem alerts` subcommands: silences, as in Alertmanager's `amtool silence`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AlertsAction {
+    /// Mute notifications of matching alerts to webhook receivers for a while; prints the
+    /// silence's id.
+    Silence {
+        /// Alertmanager matchers, all of which an alert must satisfy: alertname=ApiDown,
+        /// service=~"api|web", severity!=info.
+        #[arg(value_name = "MATCHER")]
+        matchers: Vec<String>,
+        /// How long it lasts, from now (or --start): 30m, 2h, 1d.
+        #[arg(long = "for", value_name = "DURATION", conflicts_with = "until")]
+        duration: Option<String>,
+        /// When it ends, instead of --for (RFC 3339, such as 2026-11-26T18:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// When it starts (RFC 3339; default now). It is pending until then.
+        #[arg(long, value_name = "TIME")]
+        start: Option<String>,
+        /// Why (required, as in amtool).
+        #[arg(short, long, required = true)]
+        comment: String,
+        /// Who silences (default: git user.name, else the login name).
+        #[arg(short, long)]
+        author: Option<String>,
+    },
+    /// Active and pending silences, with how many firing alerts each mutes now.
+    Silences {
+        /// Expired silences too (they are kept 5 days).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Expire a silence now: its alerts are notified again.
+    Unsilence {
+        /// The silence's id (or its first characters, when they name only one).
+        id: String,
+        /// Who expires it (default: git user.name, else the login name).
+        #[arg(short, long)]
+        author: Option<String>,
+    },
+}
+
 /// What `tandem test` tests.
 #[derive(Debug, Subcommand)]
 pub(crate) enum TestWhat {
@@ -282,6 +342,7 @@ impl Command {
             Command::Logs { target, .. } => target.file.clone(),
             Command::Shim { .. } => PathBuf::from("tandem.toml"),
             Command::Test { .. } => PathBuf::from("tandem.toml"),
+            Command::Alerts { target, .. } => target.file.clone(),
             Command::Init { target }
             | Command::Validate { target }
             | Command::Render { target, .. }
@@ -291,7 +352,6 @@ impl Command {
             | Command::Rollback { target, .. }
             | Command::Deployments { target, .. }
             | Command::Query { target, .. }
-            | Command::Alerts { target, .. }
             | Command::Down { target }
             | Command::Plan { target, .. }
             | Command::Status { target, .. }

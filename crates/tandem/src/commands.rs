@@ -1,7 +1,8 @@
 //! Commands as used: each turns the parsed command line into work and an exit status.
 //! `offline` needs no server; `lifecycle` starts, applies and stops; `inspect` asks a
-//! running server.
+//! running server; `alerts` lists alerts and manages silences.
 
+mod alerts;
 mod inspect;
 mod lifecycle;
 mod offline;
@@ -101,7 +102,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
             ..
         } => lifecycle::deploy(&ctx, message, force, output).await,
         Command::Rollback { to, output, .. } => lifecycle::rollback(&ctx, to, output).await,
-        Command::Alerts { output, .. } => inspect::alerts(&ctx, output).await,
+        Command::Alerts { output, action, .. } => alerts::run(&ctx, output, action).await,
         Command::Query {
             expr,
             range,

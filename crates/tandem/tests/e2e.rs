@@ -6,6 +6,7 @@ mod e2e {
     pub mod hooks;
     pub mod host;
     pub mod public;
+    pub mod silences;
     pub mod support;
     pub mod warm;
 }

@@ -249,7 +249,7 @@ impl Silences {
             EventKind::SilenceExpired,
             Some(who.to_string()),
             format!(
-                "silence {} of alerts matching {} was expired by {who}; alerts it muted are notified again",
+                "silence {} of alerts matching {} was expired; alerts it muted are notified again",
                 silence.id,
                 silence.matchers_text()
             ),
@@ -400,7 +400,7 @@ pub(crate) fn validate(request: SilenceRequest, now_ms: i64) -> Result<Silence, 
     {
         let texts: Vec<String> = matchers.iter().map(|m| m.to_string()).collect();
         problems.push(format!(
-            "the matchers {{{}}} also match an alert without those labels, so the silence would mute every alert\n  hint: add a matcher that a label must satisfy, as in alertname=ApiDown (Alertmanager has the same rule)",
+            "the matchers {{{}}} also match an alert that has none of their labels, so the silence would mute alerts it does not name\n  hint: add a matcher that an alert's label must satisfy, as in alertname=ApiDown (Alertmanager has the same rule)",
             texts.join(", ")
         ));
     }
