@@ -69,7 +69,10 @@ pub fn graph_text(system: &System) -> String {
         let Some(service) = system.service.get(&name) else {
             continue;
         };
-        let port = service.port.map(|p| format!(" {}", port_label(&p))).unwrap_or_default();
+        let port = service
+            .port
+            .map(|p| format!(" {}", port_label(&p)))
+            .unwrap_or_default();
         if service.depends_on.is_empty() {
             out.push_str(&format!("{name}{port}\n"));
         } else {
