@@ -6,12 +6,14 @@
 //! shim keeps in the instance's folder ([`launch`]). Around that sit the cgroup drivers
 //! ([`cgroup`]), health checks ([`health`]), size-rotated log files ([`logfile`]) and
 //! process statistics from `/proc` ([`procfs`]), and one-off commands such as deploy hooks
-//! ([`task`]).
+//! ([`task`]). The port holder ([`ports`], `tandem __ports DIR`) does for listening sockets
+//! what the shim does for processes: it keeps them open while no server runs.
 
 pub mod cgroup;
 pub mod health;
 pub mod launch;
 pub mod logfile;
+pub mod ports;
 pub mod procfs;
 pub mod runtime;
 pub mod shim;
