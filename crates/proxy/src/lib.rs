@@ -18,6 +18,11 @@
 //! tries another.
 //!
 //! The proxy runs on the caller's tokio runtime: one task per listener, one per connection.
+//!
+//! By default the proxy binds its listening sockets itself. Given a [`ListenerSource`]
+//! ([`Proxy::with_source`]) it adopts sockets the source binds and keeps instead, and tells
+//! it when one is no longer needed; that is how the server's sockets outlive the server (the
+//! port holder), without this crate knowing how they are kept.
 
 mod backends;
 mod body;
@@ -28,6 +33,8 @@ mod meter;
 mod metrics;
 mod route;
 mod service;
+#[cfg(test)]
+mod source_tests;
 mod stats;
 mod tcp;
 mod tls;
@@ -46,12 +53,31 @@ use backends::lock;
 use service::{ListenerCtx, ServiceTraffic};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::debug;
+
+/// Where a proxy gets its listening sockets when it does not bind them itself: something
+/// that keeps them open beyond the proxy's life, so that connections queue in the kernel
+/// while no proxy accepts.
+///
+/// The calls block (briefly: a local request), and are made outside the proxy's locks.
+pub trait ListenerSource: Send + Sync + 'static {
+    /// A listening socket on `addr`: the one the source already holds for it, or a new one.
+    /// A failed bind is the OS's error, so its kind (`AddrInUse`, `PermissionDenied`, …)
+    /// reads as if the proxy had bound it.
+    fn acquire(&self, addr: SocketAddr) -> io::Result<std::net::TcpListener>;
+
+    /// The proxy no longer serves the socket bound at `addr`; the source may close it.
+    fn release(&self, addr: SocketAddr);
+
+    /// Every address the source holds a socket for, served by this proxy or not.
+    fn held(&self) -> Vec<SocketAddr>;
+}
 
 /// The proxy of one environment server. Cheap to clone; clones share everything. Dropping
 /// the last clone stops every listener (open connections run until they finish).
@@ -66,6 +92,8 @@ struct Shared {
     /// Every service the proxy has heard of, listening or not. Never held across an await.
     services: Mutex<HashMap<String, Arc<ServiceTraffic>>>,
     listeners: Mutex<BTreeMap<ListenerKey, Listening>>,
+    /// Where listening sockets come from; `None`: bound by the proxy, closed with it.
+    source: Option<Arc<dyn ListenerSource>>,
 }
 
 struct Listening {
@@ -131,12 +159,33 @@ impl Proxy {
     /// A proxy with `config` that hands a record of every request to `sink` ([`NoMetrics`]
     /// when nobody watches).
     pub fn with_config(config: ProxyConfig, sink: Arc<dyn MetricsSink>) -> Proxy {
+        Proxy::build(config, sink, None)
+    }
+
+    /// [`Proxy::with_config`], taking its listening sockets from `source` instead of binding
+    /// them: a listener adopts the source's socket, and closing it (or moving it to another
+    /// address) releases the socket to the source. Dropping the proxy releases nothing, so
+    /// the sockets stay open, with connections queueing, for the next proxy to adopt.
+    pub fn with_source(
+        config: ProxyConfig,
+        sink: Arc<dyn MetricsSink>,
+        source: Arc<dyn ListenerSource>,
+    ) -> Proxy {
+        Proxy::build(config, sink, Some(source))
+    }
+
+    fn build(
+        config: ProxyConfig,
+        sink: Arc<dyn MetricsSink>,
+        source: Option<Arc<dyn ListenerSource>>,
+    ) -> Proxy {
         Proxy {
             shared: Arc::new(Shared {
                 config: Arc::new(config),
                 sink,
                 services: Mutex::new(HashMap::new()),
                 listeners: Mutex::new(BTreeMap::new()),
+                source,
             }),
         }
     }
@@ -194,7 +243,7 @@ impl Proxy {
             }
         }
 
-        let listener = match TcpListener::bind(addr).await {
+        let listener = match self.bind(addr).await {
             Ok(listener) => listener,
             // The listener moves to another address of the same port: ours holds the port,
             // so it closes first; if the new address cannot be bound, the old one is bound
@@ -203,9 +252,11 @@ impl Proxy {
                 let old = lock(&self.shared.listeners).remove(&key);
                 let old_settings = old.as_ref().map(|l| (l.ctx.protocol(), l.ctx.tls()));
                 if let Some(old) = old {
+                    let bound = old.bound;
                     old.close().await;
+                    self.release(bound).await;
                 }
-                match TcpListener::bind(addr).await {
+                match self.bind(addr).await {
                     Ok(listener) => listener,
                     Err(e) => {
                         if let (Some(previous), Some((protocol, tls))) =
@@ -245,18 +296,79 @@ impl Proxy {
         let previous = lock(&self.shared.listeners).insert(key.clone(), listening);
         match previous {
             Some(previous) => {
-                debug!(listener = %key, from = %previous.bound, to = %bound, protocol = protocol.as_str(), "moved listener")
+                debug!(listener = %key, from = %previous.bound, to = %bound, protocol = protocol.as_str(), "moved listener");
+                let old = previous.bound;
+                drop(previous);
+                if old != bound {
+                    self.release(old).await;
+                }
             }
             None => debug!(listener = %key, %bound, protocol = protocol.as_str(), "listening"),
         }
         Ok(bound)
     }
 
+    /// A listening socket on `addr`: bound here, or adopted from the source.
+    async fn bind(&self, addr: SocketAddr) -> io::Result<TcpListener> {
+        let Some(source) = self.shared.source.clone() else {
+            return TcpListener::bind(addr).await;
+        };
+        let listener = tokio::task::spawn_blocking(move || source.acquire(addr))
+            .await
+            .map_err(io::Error::other)??;
+        // The source's copy may be blocking; the flag is shared by every copy, and the
+        // source never accepts on its own.
+        listener.set_nonblocking(true)?;
+        TcpListener::from_std(listener)
+    }
+
+    /// Tells the source (if any) that the socket at `addr` is no longer served here.
+    async fn release(&self, addr: SocketAddr) {
+        if let Some(source) = self.shared.source.clone() {
+            let _ = tokio::task::spawn_blocking(move || source.release(addr)).await;
+        }
+    }
+
     /// Stops listening for `key`; its open connections run until they finish. The service's
-    /// backends and figures stay.
+    /// backends and figures stay. With a source, its socket is released to it.
     pub fn close_listener(&self, key: &ListenerKey) {
-        if let Some(listening) = lock(&self.shared.listeners).remove(key) {
+        let removed = lock(&self.shared.listeners).remove(key);
+        if let Some(listening) = removed {
             debug!(listener = %key, bound = %listening.bound, "stopped listening");
+            let bound = listening.bound;
+            drop(listening);
+            if let Some(source) = &self.shared.source {
+                source.release(bound);
+            }
+        }
+    }
+
+    /// The addresses the listener source holds sockets for, served here or not (none without
+    /// a source). A port held there is ours to listen on, not another program's.
+    pub fn held_addresses(&self) -> Vec<SocketAddr> {
+        self.shared
+            .source
+            .as_ref()
+            .map(|source| source.held())
+            .unwrap_or_default()
+    }
+
+    /// Releases every socket the source holds that no listener here is bound to and that is
+    /// not in `keep`: what an earlier proxy (a server that stopped) held and this one does not
+    /// need. Without a source, nothing happens.
+    pub fn release_unused(&self, keep: &[SocketAddr]) {
+        let Some(source) = &self.shared.source else {
+            return;
+        };
+        let serving: Vec<SocketAddr> = lock(&self.shared.listeners)
+            .values()
+            .map(|l| l.bound)
+            .collect();
+        for addr in source.held() {
+            if !serving.contains(&addr) && !keep.contains(&addr) {
+                debug!(%addr, "released a held socket no listener needs");
+                source.release(addr);
+            }
         }
     }
 
