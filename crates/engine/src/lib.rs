@@ -350,13 +350,22 @@ impl Engine {
                 None,
             ));
         }
+        // Sockets a previous server left with the port holder and this system does not
+        // want (a port that moved or went while no server ran) are let go first, so that
+        // they neither stand in the way of a new address nor stay open.
+        let wanted_addrs: Vec<SocketAddr> = wanted.iter().map(|(_, a, _, _)| *a).collect();
+        self.proxy.release_unused(&wanted_addrs);
+        let held: Vec<SocketAddr> = current
+            .iter()
+            .map(|(_, a)| *a)
+            .chain(self.proxy.held_addresses())
+            .collect();
         // Check every new port first, so nothing is half-opened when one is taken. A port
         // one of our listeners holds (at this address, or on the same port at a clashing
-        // one, such as 127.0.0.1:80 moving to 0.0.0.0:80) is the proxy's to move.
+        // one, such as 127.0.0.1:80 moving to 0.0.0.0:80), or that the port holder keeps
+        // for us, is the proxy's to take or move.
         for (key, addr, _, _) in &wanted {
-            let held_by_us = current
-                .iter()
-                .any(|(_, a)| tandem_spec::addresses_clash(*a, *addr));
+            let held_by_us = held.iter().any(|a| tandem_spec::addresses_clash(*a, *addr));
             if held_by_us {
                 continue;
             }
@@ -413,6 +422,8 @@ impl Engine {
                 self.proxy.close_listener(&key);
             }
         }
+        // And whatever the port holder still keeps from an earlier server.
+        self.proxy.release_unused(&[]);
     }
 
     pub(crate) async fn wait_dependency(&self, dep: &str) -> Result<(), String> {
@@ -490,6 +501,8 @@ impl Engine {
             // Nothing was ever live (whatever runs belongs to a failed first apply), or the
             // environment was taken down: nothing should run.
             _ => {
+                // No port of an earlier server is served either.
+                self.proxy.release_unused(&[]);
                 join_all(reattached.iter().map(|r| self.runtime.stop(&r.id))).await;
                 self.routing.lock().expect("routing lock").warm.clear();
                 self.save_warm();
@@ -593,6 +606,7 @@ impl Engine {
         for (key, _, _) in self.proxy.listeners() {
             self.proxy.close_listener(&key);
         }
+        self.proxy.release_unused(&[]);
         {
             let mut routing = self.routing.lock().expect("routing lock");
             routing.weights.clear();

@@ -6,13 +6,16 @@
 //! (`[server] listen`, default 127.0.0.1:7300 or the next free port) where every `/v1`
 //! endpoint needs the bearer token from the data directory's `token` file and the Host header
 //! must name the listener (no DNS rebinding). SIGTERM stops the server but leaves the
-//! services running for the next server to re-attach; `POST /v1/down` stops everything.
+//! services running for the next server to re-attach, and the proxy's listening sockets open
+//! in the port holder ([`held_ports`]) for the next server to adopt; `POST /v1/down` stops
+//! everything, the holder included.
 
 mod alertapi;
 mod api;
 mod auth;
 mod delivery;
 pub mod files;
+mod held_ports;
 mod logs;
 mod metrics;
 mod monitor;
@@ -49,7 +52,7 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// `[server] listen`; `None` means 127.0.0.1:7300 or the next free port.
     pub listen: Option<String>,
-    /// The tandem binary, started as the shim of every instance.
+    /// The tandem binary, started as the shim of every instance and as the port holder.
     pub shim_exe: PathBuf,
     pub version: String,
 }
@@ -144,8 +147,13 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
             .map_err(ServerError::Io)?,
     );
     let traffic = Arc::new(metrics::TrafficMetrics::default());
-    let proxy =
-        tandem_proxy::Proxy::with_config(tandem_proxy::ProxyConfig::default(), traffic.clone());
+    // The proxy's sockets live in the port holder, so they outlive this process.
+    let held_ports = Arc::new(held_ports::HeldPorts::new(dir.root(), &config.shim_exe));
+    let proxy = tandem_proxy::Proxy::with_source(
+        tandem_proxy::ProxyConfig::default(),
+        traffic.clone(),
+        held_ports.clone(),
+    );
     let engine = Engine::new(
         tandem_engine::EngineConfig {
             env: config.env.clone(),
@@ -311,6 +319,11 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     })
     .await;
     let _ = std::fs::remove_file(&socket_path);
+    // After `tandem down` nothing is served any more; any other stop leaves the holder
+    // keeping the ports for the next server.
+    if dir.is_down() {
+        held_ports.quit();
+    }
     dir.remove_record();
     Ok(())
 }

@@ -279,6 +279,9 @@ pub(crate) enum Command {
     /// The per-instance shim (started by the server; not for people).
     #[command(name = "__shim", hide = true)]
     Shim { dir: PathBuf },
+    /// The port holder of a data directory (started by the server; not for people).
+    #[command(name = "__ports", hide = true)]
+    Ports { dir: PathBuf },
 }
 
 /// `tandem alerts` subcommands: silences, as in Alertmanager's `amtool silence`.
@@ -340,7 +343,7 @@ impl Command {
     pub(crate) fn file(&self) -> PathBuf {
         match self {
             Command::Logs { target, .. } => target.file.clone(),
-            Command::Shim { .. } => PathBuf::from("tandem.toml"),
+            Command::Shim { .. } | Command::Ports { .. } => PathBuf::from("tandem.toml"),
             Command::Test { .. } => PathBuf::from("tandem.toml"),
             Command::Alerts { target, .. } => target.file.clone(),
             Command::Init { target }

@@ -140,7 +140,9 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
         } => inspect::timeline(&ctx, since, output, limit).await,
         Command::Note { text, .. } => inspect::note(&ctx, &text).await,
         Command::Test { what } => offline::test(what),
-        Command::Shim { .. } => unreachable!("handled before the runtime starts"),
+        Command::Shim { .. } | Command::Ports { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 

@@ -23,6 +23,10 @@ fn main() -> ExitCode {
         // Before any runtime or thread exists: the shim forks and waits on its own.
         tandem_supervisor::shim::run(dir);
     }
+    if let cli::Command::Ports { dir } = &cli.command {
+        // Plain blocking code too: it only answers the server and keeps sockets open.
+        tandem_supervisor::ports::run(dir);
+    }
     if !matches!(cli.command, cli::Command::Serve { .. }) {
         // A client printing into a closed pipe (`tandem history | head`) should end quietly,
         // as other command-line tools do, instead of panicking on the write.
