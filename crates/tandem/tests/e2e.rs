@@ -5,6 +5,7 @@
 mod e2e {
     pub mod hooks;
     pub mod host;
+    pub mod ports;
     pub mod public;
     pub mod silences;
     pub mod support;
