@@ -343,6 +343,27 @@ impl Proxy {
         }
     }
 
+    /// Stops accepting on every listener, without closing or releasing a socket: for a
+    /// server about to exit, so that new connections wait in the source's sockets for the
+    /// next server instead of reaching one that is going away. Open connections go on.
+    pub async fn stop_accepting(&self) {
+        let loops: Vec<JoinHandle<()>> = lock(&self.shared.listeners)
+            .values_mut()
+            .filter_map(|l| l.accept_loop.take())
+            .collect();
+        for accept_loop in loops {
+            accept_loop.abort();
+            let _ = accept_loop.await;
+        }
+    }
+
+    /// Requests (HTTP) and connections (TCP) in flight at any backend of any service.
+    pub fn work_in_flight(&self) -> u64 {
+        let services: Vec<Arc<ServiceTraffic>> =
+            lock(&self.shared.services).values().cloned().collect();
+        services.iter().map(|t| t.in_flight_total()).sum()
+    }
+
     /// The addresses the listener source holds sockets for, served here or not (none without
     /// a source). A port held there is ours to listen on, not another program's.
     pub fn held_addresses(&self) -> Vec<SocketAddr> {

@@ -58,6 +58,11 @@ impl ServiceTraffic {
         self.backends.send_replace(set);
     }
 
+    /// Work in flight at all of this service's backends.
+    pub(crate) fn in_flight_total(&self) -> u64 {
+        lock(&self.known).values().map(|s| s.in_flight()).sum()
+    }
+
     pub(crate) fn state_of(&self, addr: SocketAddr) -> Option<Arc<BackendState>> {
         lock(&self.known).get(&addr).cloned()
     }

@@ -190,6 +190,61 @@ async fn connections_made_while_no_proxy_serves_are_served_by_the_next_one() {
 }
 
 #[tokio::test]
+async fn a_proxy_that_stops_accepting_leaves_new_connections_to_the_next_one() {
+    let source = Arc::new(KeepingSource::default());
+    let (echo, _task) = echo_backend().await;
+    let key = ListenerKey::public("db");
+    let first = proxy_with(&source);
+    first.set_weighted_backends("db", backend(echo));
+    let addr = first
+        .listen_on(key.clone(), any_port(), Protocol::Tcp)
+        .await
+        .unwrap();
+    let mut open = within("connect", TcpStream::connect(addr)).await.unwrap();
+    assert_echoes(&mut open, "open").await;
+    assert_eq!(
+        first.work_in_flight(),
+        1,
+        "an open TCP connection is work in flight"
+    );
+
+    first.stop_accepting().await;
+    assert!(source.released().is_empty());
+    let mut waiting = within("connect", TcpStream::connect(addr)).await.unwrap();
+    waiting.write_all(b"next").await.unwrap();
+    // The open connection still works; the new one is not served by this proxy.
+    assert_echoes(&mut open, "still").await;
+    let mut one = [0u8; 1];
+    assert!(
+        timeout(Duration::from_millis(200), waiting.read(&mut one))
+            .await
+            .is_err(),
+        "a proxy that stopped accepting served a new connection"
+    );
+    drop(open);
+    let deadline = Instant::now() + DEADLINE;
+    while first.work_in_flight() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection stays in flight"
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+
+    let second = proxy_with(&source);
+    second.set_weighted_backends("db", backend(echo));
+    second.listen_on(key, addr, Protocol::Tcp).await.unwrap();
+    let mut echoed = [0u8; 4];
+    within(
+        "the waiting connection's echo",
+        waiting.read_exact(&mut echoed),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&echoed, b"next");
+}
+
+#[tokio::test]
 async fn closing_a_listener_releases_its_socket_and_the_port_closes() {
     let source = Arc::new(KeepingSource::default());
     let proxy = proxy_with(&source);

@@ -44,6 +44,8 @@ pub use files::{DataDir, ServerRecord};
 const LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
 /// Rotated files kept per log.
 const LOG_MAX_FILES: u32 = 5;
+/// How long a stopping server lets the proxy's requests in flight finish.
+const STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How to run a server.
 #[derive(Clone, Debug)]
@@ -306,6 +308,14 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         _ = shutdown_rx.wait_for(|s| *s) => {}
         _ = sigterm.recv() => { tracing::info!("SIGTERM: the server stops; services keep running"); }
         _ = sigint.recv() => { tracing::info!("SIGINT: the server stops; services keep running"); }
+    }
+    // New connections now wait in the port holder's sockets for the next server, and
+    // requests already here get a few seconds to finish before this process ends them.
+    let proxy = engine.proxy().clone();
+    proxy.stop_accepting().await;
+    let drain_until = tokio::time::Instant::now() + STOP_DRAIN;
+    while proxy.work_in_flight() > 0 && tokio::time::Instant::now() < drain_until {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let _ = shutdown_tx.send(true);
     recorder.emit_server(
