@@ -21,6 +21,7 @@ pub mod model;
 mod monitoring;
 mod node;
 mod notify;
+mod proxy_settings;
 mod render;
 mod resolve;
 mod rule_file;

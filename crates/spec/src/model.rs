@@ -205,6 +205,10 @@ pub struct Service {
     /// Commands run around a deploy of this service (a migration before, a warm-up after).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<crate::hooks::Hooks>,
+    /// The proxy's limits for this service's requests and connections (public port and edge
+    /// listeners alike); each key left out keeps the proxy's default.
+    #[serde(default, skip_serializing_if = "ProxySettings::is_empty")]
+    pub proxy: ProxySettings,
 }
 
 /// `port`: where a service's public listener binds. `port = 8080` is 127.0.0.1:8080;
@@ -391,6 +395,39 @@ pub struct Limits {
     pub cpu: Option<Cpu>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
+}
+
+/// `proxy = { response_timeout = "5m", max_request_body = "50MiB", ... }`: the limits the proxy
+/// holds one service's traffic to, on its public port and on every edge listener to it. A key
+/// left out (`None`) keeps the proxy's default, so an empty table is the same as none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySettings {
+    /// How long a client may take to send a request head, after connecting or after its
+    /// previous response; also how long an idle keep-alive connection stays open. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Dur>,
+    /// The largest request head (request line and headers); larger gets 431. Default 64KiB.
+    /// HTTP only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_header: Option<ByteSize>,
+    /// The largest request body; larger gets 413. Default unlimited. HTTP only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body: Option<ByteSize>,
+    /// How long connecting to an instance may take before the next is tried. Default 2s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Dur>,
+    /// How long an instance may take from the request sent to its response head; then 504.
+    /// Default 60s. HTTP only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_timeout: Option<Dur>,
+}
+
+impl ProxySettings {
+    /// Whether every key keeps the proxy's default.
+    pub fn is_empty(&self) -> bool {
+        *self == ProxySettings::default()
+    }
 }
 
 /// `stop = { signal = "SIGTERM", grace = "10s" }`.

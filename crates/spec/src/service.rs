@@ -32,6 +32,7 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "slo",
     "tls",
     "hooks",
+    "proxy",
 ];
 const HEALTH_KEYS: &[&str] = &[
     "http", "tcp", "exec", "interval", "timeout", "grace", "failures",
@@ -94,6 +95,7 @@ pub(crate) fn read_service(
         protocol: Protocol::Tcp,
         slo: None,
         hooks: None,
+        proxy: Default::default(),
     };
     let Some(table) = report.table(
         entry,
@@ -232,6 +234,10 @@ pub(crate) fn read_service(
                 "use \"http\" (requests are routed and measured one by one) or \"tcp\" (bytes pass through)",
             ),
         }
+    }
+    if let Some(proxy) = table.get("proxy") {
+        service.proxy =
+            crate::proxy_settings::read_proxy(report, name, proxy, section, service.protocol);
     }
     if let Some(slo) = table.get("slo") {
         service.slo = read_slo(report, slo, section);

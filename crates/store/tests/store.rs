@@ -34,6 +34,7 @@ fn system(replicas: u32) -> System {
         protocol: Default::default(),
         slo: None,
         hooks: None,
+        proxy: Default::default(),
     };
     System {
         name: "shop".into(),
