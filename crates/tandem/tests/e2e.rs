@@ -3,6 +3,7 @@
 
 #![allow(unreachable_pub)]
 mod e2e {
+    pub mod down;
     pub mod hooks;
     pub mod host;
     pub mod ports;

@@ -112,6 +112,22 @@ async fn start_server(ctx: &Ctx, listen: Option<&str>) -> Result<()> {
     }
 }
 
+/// What a server that is gone left running in `dir`: its instances (each has a folder
+/// until tandem stops it) and the port holder.
+fn left_behind(dir: &DataDir) -> Vec<String> {
+    let mut left = Vec::new();
+    let instances = std::fs::read_dir(dir.instances_dir())
+        .map(|entries| entries.flatten().filter(|e| e.path().is_dir()).count())
+        .unwrap_or(0);
+    if instances > 0 {
+        left.push(format!("{instances} instance(s)"));
+    }
+    if dir.root().join(tandem_supervisor::ports::SOCKET).exists() {
+        left.push("the port holder".to_string());
+    }
+    left
+}
+
 fn tail_of(path: &std::path::Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -440,12 +456,25 @@ async fn stop_server(ctx: &Ctx) -> Result<()> {
 pub(crate) async fn down(ctx: &Ctx) -> Result<u8> {
     let client = ctx.client()?;
     if !client.is_up().await {
-        println!(
-            "nothing to stop: no server runs for {} ({})",
+        // A server that crashed or was killed leaves its instances running under their
+        // shims, and its ports held: only a server can stop them in order, so one starts
+        // (it re-attaches to them) and is asked to stop everything.
+        let left = left_behind(&DataDir::new(&ctx.data_dir));
+        if left.is_empty() {
+            println!(
+                "nothing to stop: no server runs for {} ({})",
+                ctx.env,
+                ctx.data_dir.display()
+            );
+            return Ok(0);
+        }
+        eprintln!(
+            "{} no server runs for {}, but {} still run: starting one to stop them",
+            output::dim("»"),
             ctx.env,
-            ctx.data_dir.display()
+            left.join(" and ")
         );
-        return Ok(0);
+        start_server(ctx, None).await?;
     }
     stop_server(ctx).await?;
     println!(
