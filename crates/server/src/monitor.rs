@@ -361,12 +361,14 @@ impl Monitor {
                 )
             })
             .collect();
+        let db = Arc::new(db);
         let remote = Arc::new(RemoteWriter::start(
             settings.remote_write.clone(),
             events.clone(),
+            crate::remote_write::Source::beside(db.clone(), dir),
         ));
         Ok(Monitor {
-            db: Arc::new(db),
+            db,
             engine: tandem_promql::Engine::default(),
             metadata: Mutex::new(metadata),
             settings: Mutex::new(settings.clone()),
@@ -384,10 +386,8 @@ impl Monitor {
     pub(crate) fn apply_settings(&self, new: &tandem_spec::Monitoring) {
         let mut settings = self.settings.lock().expect("settings lock");
         if settings.remote_write != new.remote_write {
-            *self.remote.lock().expect("remote lock") = Arc::new(RemoteWriter::start(
-                new.remote_write.clone(),
-                self.events.clone(),
-            ));
+            let mut remote = self.remote.lock().expect("remote lock");
+            *remote = Arc::new(remote.replaced_by(new.remote_write.clone(), self.events.clone()));
         }
         if settings.retention != new.retention || settings.max_bytes != new.max_bytes {
             tracing::info!("the new retention and max_bytes apply when the server next starts");

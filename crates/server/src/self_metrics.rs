@@ -156,12 +156,18 @@ fn remote_write(out: &mut String, targets: &[crate::remote_write::TargetStats]) 
         return;
     }
     type Field = fn(&crate::remote_write::TargetStats) -> u64;
-    let families: [(&str, &str, &str, Field); 5] = [
+    let families: [(&str, &str, &str, Field); 6] = [
         (
             "tandem_remote_write_sent_samples_total",
             "counter",
             "Samples a remote-write target accepted.",
             |t| t.sent_samples,
+        ),
+        (
+            "tandem_remote_write_backfilled_samples_total",
+            "counter",
+            "Samples a remote-write target accepted that were read back from the store while it caught up.",
+            |t| t.backfilled_samples,
         ),
         (
             "tandem_remote_write_failed_batches_total",
@@ -178,7 +184,7 @@ fn remote_write(out: &mut String, targets: &[crate::remote_write::TargetStats]) 
         (
             "tandem_remote_write_dropped_samples_total",
             "counter",
-            "Samples dropped, oldest first, because a target's queue was full.",
+            "Samples that left a target's full queue and that the store no longer held when it caught up.",
             |t| t.dropped_samples,
         ),
         (
