@@ -1,5 +1,6 @@
 //! What a caller decides about the proxy: which protocol a listener speaks, which listener is
-//! which, the backends of a service, and the limits and timeouts every HTTP request lives under.
+//! which, the backends of a service, the limits and timeouts every HTTP request lives under
+//! ([`ProxyConfig`], the defaults), and those one service sets for itself ([`ServiceLimits`]).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -71,7 +72,8 @@ pub struct Backend {
 }
 
 /// Limits and timeouts of the proxy. [`ProxyConfig::default`] gives the documented defaults.
-/// A zero timeout means no timeout.
+/// A zero timeout means no timeout. All but `no_backend_wait` are the defaults of every
+/// service's [`ServiceLimits`], which [`crate::Proxy::set_service_limits`] replaces.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProxyConfig {
     /// A client that has not sent a full request head this long after the connection opened
@@ -105,5 +107,47 @@ impl Default for ProxyConfig {
             response_timeout: Duration::from_secs(60),
             no_backend_wait: Duration::from_secs(2),
         }
+    }
+}
+
+impl ProxyConfig {
+    /// The limits of a service that sets none of its own.
+    pub fn service_limits(&self) -> ServiceLimits {
+        ServiceLimits {
+            header_read_timeout: self.header_read_timeout,
+            max_header_bytes: self.max_header_bytes,
+            max_body_bytes: self.max_body_bytes,
+            connect_timeout: self.connect_timeout,
+            response_timeout: self.response_timeout,
+        }
+    }
+}
+
+/// The limits one service's traffic lives under, on its public port and every edge listener
+/// to it: the fields of [`ProxyConfig`] of the same names, which give the defaults. A zero
+/// timeout means no timeout. Set with [`crate::Proxy::set_service_limits`]; a change applies
+/// to the next request, also on open keep-alive connections, except what is decided once per
+/// connection: the hyper settings that cap how much of a request head is buffered (from
+/// `max_header_bytes`), and the TLS handshake's time limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceLimits {
+    /// How long a client may take to send a request head, after connecting or after its
+    /// previous response; also how long an idle keep-alive connection stays open.
+    pub header_read_timeout: Duration,
+    /// The largest request head answered; larger gets 431.
+    pub max_header_bytes: usize,
+    /// The largest request body forwarded; `None` = unlimited; larger gets 413.
+    pub max_body_bytes: Option<u64>,
+    /// How long connecting to a backend may take before the next one is tried (HTTP and
+    /// TCP).
+    pub connect_timeout: Duration,
+    /// How long a backend may take, once the request is sent, to send its response head
+    /// before the client gets 504.
+    pub response_timeout: Duration,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> ServiceLimits {
+        ProxyConfig::default().service_limits()
     }
 }

@@ -13,11 +13,11 @@
 
 use crate::backends::{BackendState, epoch, lock, micros_since_epoch};
 use crate::body::ProxyBody;
-use crate::config::{Protocol, ProxyConfig};
+use crate::config::{Protocol, ServiceLimits};
 use crate::meter::RequestMeter;
 use crate::metrics::{MethodClass, ProxyErrorSource};
 use crate::route::{ConnectFailure, Refusal, choose, within};
-use crate::service::ListenerCtx;
+use crate::service::{Limits, LimitsCache, ListenerCtx};
 use crate::upstream::{Exchange, HeadError, Stop, Upstream};
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Incoming};
@@ -27,6 +27,7 @@ use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -50,18 +51,18 @@ static X_TANDEM_PROXY_ERROR: HeaderName = HeaderName::from_static("x-tandem-prox
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// The hyper server settings of one listener, built once from the [`ProxyConfig`].
+/// The hyper server settings of one service, built once per change of its limits.
 pub(crate) struct Servers {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
 }
 
 impl Servers {
-    pub(crate) fn new(config: &ProxyConfig) -> Servers {
+    pub(crate) fn new(limits: &ServiceLimits) -> Servers {
         // hyper stops reading a head at twice the limit, so a client cannot make the proxy
         // buffer more; heads between the limit and that get the proxy's own 431 with its
         // reason (see `head_size`).
-        let head_cap = config.max_header_bytes.saturating_mul(2).max(8192);
+        let head_cap = limits.max_header_bytes.saturating_mul(2).max(8192);
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .keep_alive(true)
@@ -116,16 +117,22 @@ impl Drop for Busy {
     }
 }
 
-/// Ends once an HTTP/1.1 client connection has had nothing to do for `limit`: no request in
-/// flight and no complete request head since its last response (or since it opened). This
-/// is the header read timeout, and the idle keep-alive timeout too. One timer per
-/// connection, looked at only when it fires: a request costs two atomic operations and a
-/// clock read, instead of a timer of its own.
-async fn idle_timeout(conn: &Conn, limit: Duration) {
+/// Ends once an HTTP/1.1 client connection has had nothing to do for its service's header
+/// read timeout (`limit` at first): no request in flight and no complete request head since
+/// its last response (or since it opened). This is the header read timeout, and the idle
+/// keep-alive timeout too. One timer per connection, looked at only when it fires: a
+/// request costs two atomic operations and a clock read, instead of a timer of its own.
+async fn idle_timeout(conn: &Conn, mut limit: Duration) {
     let timer = tokio::time::sleep(limit);
     tokio::pin!(timer);
     loop {
         timer.as_mut().await;
+        // The service's limit may have changed since (a deploy); looked up only here. A
+        // zero (no timeout) keeps the connection on the last limit it had.
+        let now_limit = conn.ctx.service.limits().limits.header_read_timeout;
+        if !now_limit.is_zero() {
+            limit = now_limit;
+        }
         let now = Instant::now();
         if conn.busy.load(Ordering::Acquire) > 0 {
             timer.as_mut().reset(now + limit);
@@ -182,10 +189,15 @@ pub(crate) async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _active = ctx.service.counters.connection_accepted();
+    let mut cache = LimitsCache::new(&ctx.service);
+    let limits = cache.current().clone();
     // A client that does not even say which HTTP version it speaks within the header
     // timeout is cut off like one that is slow to send its head.
-    let Some(Ok(Some((h2, prefix)))) =
-        within(ctx.config.header_read_timeout, detect_version(&mut stream)).await
+    let Some(Ok(Some((h2, prefix)))) = within(
+        limits.limits.header_read_timeout,
+        detect_version(&mut stream),
+    )
+    .await
     else {
         debug!(service = %ctx.service.name, %peer, "client sent no request in time; closing");
         return;
@@ -205,19 +217,28 @@ pub(crate) async fn serve_connection<S>(
         prefix,
         inner: stream,
     });
+    // Each request takes the service's limits as they are when it arrives: hyper calls the
+    // service from this connection's task only, one call at a time, so the cache needs no
+    // lock, and a request pays one atomic load (and a reference count) for its limits.
+    let cache = RefCell::new(cache);
     let service = service_fn(move |request| {
+        let limits = cache.borrow_mut().current().clone();
         let busy = Busy::new(conn.clone());
         async move {
-            let mut response = proxy_request(&busy.0, request).await;
+            let mut response = proxy_request(&busy.0, &limits, request).await;
             response.body_mut().busy = Some(busy);
             Ok::<_, Infallible>(response)
         }
     });
     let served = if h2 {
-        ctx.servers.h2.serve_connection(io, service).await
+        limits.servers.h2.serve_connection(io, service).await
     } else {
-        let served = ctx.servers.h1.serve_connection(io, service).with_upgrades();
-        let limit = ctx.config.header_read_timeout;
+        let served = limits
+            .servers
+            .h1
+            .serve_connection(io, service)
+            .with_upgrades();
+        let limit = limits.limits.header_read_timeout;
         if limit.is_zero() {
             served.await
         } else {
@@ -310,9 +331,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
 // === the request path ===
 
-async fn proxy_request(conn: &Conn, mut request: Request<Incoming>) -> Response<ProxyBody> {
+async fn proxy_request(
+    conn: &Conn,
+    shared_limits: &Arc<Limits>,
+    mut request: Request<Incoming>,
+) -> Response<ProxyBody> {
     let ctx = &conn.ctx;
-    let config = &*ctx.config;
+    let config = &shared_limits.limits;
     let mut meter = RequestMeter::new(
         ctx.clone(),
         MethodClass::of(request.method()),
@@ -343,7 +368,8 @@ async fn proxy_request(conn: &Conn, mut request: Request<Incoming>) -> Response<
         );
     let head_request = head.method == Method::HEAD;
 
-    let (backend, mut upstream) = match choose(ctx, &mut meter, checkout_or_connect).await {
+    let chosen = choose(ctx, shared_limits, &mut meter, checkout_or_connect).await;
+    let (backend, mut upstream) = match chosen {
         Ok(chosen) => chosen,
         Err(refusal) => return answer(meter, &refusal),
     };
@@ -426,16 +452,19 @@ async fn proxy_request(conn: &Conn, mut request: Request<Incoming>) -> Response<
 /// An idle pooled connection to `backend`, or a new one.
 async fn checkout_or_connect(
     backend: Arc<BackendState>,
-    config: Arc<ProxyConfig>,
+    limits: Arc<Limits>,
 ) -> Result<Upstream, ConnectFailure> {
     match backend.checkout() {
         Some(upstream) => Ok(upstream),
-        None => connect(&backend, &config).await,
+        None => connect(&backend, &limits.limits).await,
     }
 }
 
 /// Opens a new connection to `backend`.
-async fn connect(backend: &BackendState, config: &ProxyConfig) -> Result<Upstream, ConnectFailure> {
+async fn connect(
+    backend: &BackendState,
+    config: &ServiceLimits,
+) -> Result<Upstream, ConnectFailure> {
     match within(config.connect_timeout, TcpStream::connect(backend.addr)).await {
         Some(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
@@ -447,7 +476,7 @@ async fn connect(backend: &BackendState, config: &ProxyConfig) -> Result<Upstrea
 }
 
 /// What went wrong between sending the request and the response head.
-fn head_failure(error: HeadError, addr: SocketAddr, config: &ProxyConfig) -> Refusal {
+fn head_failure(error: HeadError, addr: SocketAddr, config: &ServiceLimits) -> Refusal {
     let (code, what) = match error {
         HeadError::Client(Stop::TooLarge) => {
             let limit = config.max_body_bytes.unwrap_or(0);

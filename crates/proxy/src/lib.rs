@@ -15,7 +15,9 @@
 //! [`Proxy::set_weighted_backends`]. Weight 0 or leaving the set drains a backend: no new
 //! work, in-flight work finishes ([`Proxy::drain`] waits for it). A backend that refuses a
 //! connection is skipped for a few seconds (passive failure detection), and the request
-//! tries another.
+//! tries another. They share one set of limits too ([`ServiceLimits`]), replaced whole by
+//! [`Proxy::set_service_limits`]; each client connection keeps the one it read last and
+//! looks for a newer one with a single atomic load per request.
 //!
 //! The proxy runs on the caller's tokio runtime: one task per listener, one per connection.
 //!
@@ -40,7 +42,7 @@ mod tcp;
 mod tls;
 mod upstream;
 
-pub use config::{Backend, ListenerKey, Protocol, ProxyConfig};
+pub use config::{Backend, ListenerKey, Protocol, ProxyConfig, ServiceLimits};
 pub use error::ProxyError;
 pub use metrics::{
     LatencyHistogram, MethodClass, MetricsSink, NoMetrics, ProxyErrorSource, RequestRecord,
@@ -406,7 +408,8 @@ impl Proxy {
         match services.get(service) {
             Some(traffic) => traffic.clone(),
             None => {
-                let traffic = Arc::new(ServiceTraffic::new(service));
+                let limits = self.shared.config.service_limits();
+                let traffic = Arc::new(ServiceTraffic::new(service, limits));
                 services.insert(service.to_string(), traffic.clone());
                 traffic
             }
@@ -432,6 +435,23 @@ impl Proxy {
     pub fn set_weighted_backends(&self, service: &str, backends: Vec<Backend>) {
         debug!(service, ?backends, "backends replaced");
         self.traffic(service).set_backends(&backends);
+    }
+
+    /// Replaces the limits of `service`'s traffic, on its public port and every edge listener
+    /// to it; works before any listener exists too. New connections and the next request of
+    /// an open one get them (see [`ServiceLimits`] for the few decided per connection);
+    /// requests in flight keep theirs. Client connections stay open.
+    pub fn set_service_limits(&self, service: &str, limits: ServiceLimits) {
+        debug!(service, ?limits, "service limits set");
+        self.traffic(service).set_limits(limits);
+    }
+
+    /// The limits `service`'s traffic lives under now.
+    pub fn service_limits(&self, service: &str) -> ServiceLimits {
+        match self.existing_traffic(service) {
+            Some(traffic) => traffic.limits().limits.clone(),
+            None => self.shared.config.service_limits(),
+        }
     }
 
     /// Requests (HTTP) or connections (TCP) of `service` in flight at `addr` right now.

@@ -4,10 +4,9 @@
 //! proxy's own answers when that does not work out ([`Refusal`]), each with its reason.
 
 use crate::backends::{BackendState, OUT_AFTER_FAILURE};
-use crate::config::ProxyConfig;
 use crate::meter::RequestMeter;
 use crate::metrics::ProxyErrorSource;
-use crate::service::ListenerCtx;
+use crate::service::{Limits, ListenerCtx};
 use hyper::StatusCode;
 use std::fmt;
 use std::future::Future;
@@ -153,14 +152,15 @@ impl Refusal {
 /// Picks a backend of the listener's service and connects to it with `connect`, trying each
 /// backend at most once; with none left, waits for a new backend set until `no_backend_wait`
 /// after the request started. A backend that fails is blamed in `meter` and taken out of
-/// rotation for a while.
+/// rotation for a while. `connect` gets the request's `limits` (its connect timeout).
 pub(crate) async fn choose<T, F, Fut>(
     ctx: &ListenerCtx,
+    limits: &Arc<Limits>,
     meter: &mut RequestMeter,
     connect: F,
 ) -> Result<(Arc<BackendState>, T), Refusal>
 where
-    F: Fn(Arc<BackendState>, Arc<ProxyConfig>) -> Fut,
+    F: Fn(Arc<BackendState>, Arc<Limits>) -> Fut,
     Fut: Future<Output = Result<T, ConnectFailure>>,
 {
     let service = &ctx.service;
@@ -174,7 +174,7 @@ where
             None => service.backends.borrow().clone(),
         };
         while let Some(backend) = set.pick(&tried) {
-            match connect(backend.clone(), ctx.config.clone()).await {
+            match connect(backend.clone(), limits.clone()).await {
                 Ok(connection) => {
                     backend.mark_reachable();
                     return Ok((backend, connection));

@@ -1,10 +1,11 @@
 //! What the listeners of one service share: its backend set, the states of its backends
-//! (for in-flight counts and drain), its counters and per-revision figures. And the listener
+//! (for in-flight counts and drain), its limits, its counters and per-revision figures. And
+//! the listener
 //! side: one [`ListenerCtx`] per listening socket, its accept loop, the TLS handshake of an
 //! HTTPS listener, and the hand-off of each connection to HTTP or TCP serving.
 
 use crate::backends::{BackendSet, BackendState, lock};
-use crate::config::{Protocol, ProxyConfig};
+use crate::config::{Protocol, ProxyConfig, ServiceLimits};
 use crate::metrics::{MetricsSink, RevisionStats};
 use crate::stats::Counters;
 use crate::tls::ServerTls;
@@ -32,6 +33,11 @@ pub(crate) struct ServiceTraffic {
     pub(crate) name: String,
     /// The current backend set; a watch channel so waiting requests learn of a new set.
     pub(crate) backends: watch::Sender<Arc<BackendSet>>,
+    /// The current limits, replaced whole. A watch channel because its receivers can tell a
+    /// new value from the one they hold with one atomic load, without the channel's lock:
+    /// each client connection keeps a receiver and looks once per request (see
+    /// [`LimitsCache`]).
+    limits: watch::Sender<Arc<Limits>>,
     /// Every backend state of this service that may still have work in flight, by address.
     known: Mutex<HashMap<SocketAddr, Arc<BackendState>>>,
     pub(crate) counters: Counters,
@@ -39,10 +45,11 @@ pub(crate) struct ServiceTraffic {
 }
 
 impl ServiceTraffic {
-    pub(crate) fn new(name: &str) -> ServiceTraffic {
+    pub(crate) fn new(name: &str, limits: ServiceLimits) -> ServiceTraffic {
         ServiceTraffic {
             name: name.to_string(),
             backends: watch::Sender::new(Arc::new(BackendSet::default())),
+            limits: watch::Sender::new(Arc::new(Limits::new(limits))),
             known: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             revisions: Mutex::new(BTreeMap::new()),
@@ -56,6 +63,23 @@ impl ServiceTraffic {
             known.retain(|addr, state| set.contains(*addr) || state.in_flight() > 0);
         }
         self.backends.send_replace(set);
+    }
+
+    /// Replaces the limits; the same limits again change nothing (connections keep theirs
+    /// without looking again).
+    pub(crate) fn set_limits(&self, limits: ServiceLimits) {
+        self.limits.send_if_modified(|current| {
+            if current.limits == limits {
+                return false;
+            }
+            *current = Arc::new(Limits::new(limits));
+            true
+        });
+    }
+
+    /// The current limits (for a new connection; requests use a [`LimitsCache`]).
+    pub(crate) fn limits(&self) -> Arc<Limits> {
+        self.limits.borrow().clone()
     }
 
     /// Work in flight at all of this service's backends.
@@ -80,6 +104,45 @@ impl ServiceTraffic {
     }
 }
 
+/// One version of a service's limits, with what is built from them.
+pub(crate) struct Limits {
+    pub(crate) limits: ServiceLimits,
+    /// The hyper server settings, which cap how much of a request head is read.
+    pub(crate) servers: http::Servers,
+}
+
+impl Limits {
+    fn new(limits: ServiceLimits) -> Limits {
+        Limits {
+            servers: http::Servers::new(&limits),
+            limits,
+        }
+    }
+}
+
+/// The limits a client connection uses, and how it learns of new ones: `current` is the
+/// latest value seen; [`LimitsCache::current`] costs one atomic load while nothing changed.
+pub(crate) struct LimitsCache {
+    changes: watch::Receiver<Arc<Limits>>,
+    current: Arc<Limits>,
+}
+
+impl LimitsCache {
+    pub(crate) fn new(service: &ServiceTraffic) -> LimitsCache {
+        let mut changes = service.limits.subscribe();
+        let current = changes.borrow_and_update().clone();
+        LimitsCache { changes, current }
+    }
+
+    /// The limits as of now (a new value is taken under the channel's lock, once per change).
+    pub(crate) fn current(&mut self) -> &Arc<Limits> {
+        if self.changes.has_changed().unwrap_or(false) {
+            self.current = self.changes.borrow_and_update().clone();
+        }
+        &self.current
+    }
+}
+
 /// One listening socket: which service and caller it serves, and how.
 pub(crate) struct ListenerCtx {
     pub(crate) service: Arc<ServiceTraffic>,
@@ -89,9 +152,10 @@ pub(crate) struct ListenerCtx {
     /// HTTPS: the TLS side of an HTTP listener (a public port with `tls`); switchable in
     /// place, for new connections. TCP listeners ignore it.
     tls: Mutex<Option<ServerTls>>,
+    /// The proxy's settings; of these only `no_backend_wait` is read here, the rest are the
+    /// defaults of the service's own limits.
     pub(crate) config: Arc<ProxyConfig>,
     pub(crate) sink: Arc<dyn MetricsSink>,
-    pub(crate) servers: http::Servers,
 }
 
 impl ListenerCtx {
@@ -103,7 +167,6 @@ impl ListenerCtx {
         config: Arc<ProxyConfig>,
         sink: Arc<dyn MetricsSink>,
     ) -> ListenerCtx {
-        let servers = http::Servers::new(&config);
         ListenerCtx {
             service,
             caller,
@@ -111,7 +174,6 @@ impl ListenerCtx {
             tls: Mutex::new(tls),
             config,
             sink,
-            servers,
         }
     }
 
@@ -172,7 +234,8 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerCtx>) {
     }
 }
 
-/// Completes the TLS handshake (within the header read timeout), then serves HTTP over it.
+/// Completes the TLS handshake (within the service's header read timeout), then serves HTTP
+/// over it.
 /// A failed handshake (a scanner, a client that distrusts the certificate, plain HTTP sent to
 /// the HTTPS port) is counted, and logged at debug only: on a public port they are routine.
 async fn serve_https(
@@ -182,7 +245,7 @@ async fn serve_https(
     peer: SocketAddr,
 ) {
     let handshake = tls.acceptor().accept(client);
-    let limit = ctx.config.header_read_timeout;
+    let limit = ctx.service.limits().limits.header_read_timeout;
     let done = if limit.is_zero() {
         Some(handshake.await)
     } else {

@@ -3,11 +3,11 @@
 //! done. For databases, caches and anything else that does not speak HTTP.
 
 use crate::backends::BackendState;
-use crate::config::{Protocol, ProxyConfig};
+use crate::config::Protocol;
 use crate::meter::RequestMeter;
 use crate::metrics::{MethodClass, ProxyErrorSource};
 use crate::route::{ConnectFailure, choose, within};
-use crate::service::ListenerCtx;
+use crate::service::{Limits, ListenerCtx};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
@@ -20,7 +20,8 @@ pub(crate) async fn serve_connection(
 ) {
     let _active = ctx.service.counters.connection_accepted();
     let mut meter = RequestMeter::new(ctx.clone(), MethodClass::Other, Protocol::Tcp);
-    let connected = choose(&ctx, &mut meter, connect).await;
+    let limits = ctx.service.limits();
+    let connected = choose(&ctx, &limits, &mut meter, connect).await;
     let (backend, mut upstream) = match connected {
         Ok(connected) => connected,
         Err(refusal) => {
@@ -49,11 +50,12 @@ pub(crate) async fn serve_connection(
 
 async fn connect(
     backend: Arc<BackendState>,
-    config: Arc<ProxyConfig>,
+    limits: Arc<Limits>,
 ) -> Result<TcpStream, ConnectFailure> {
-    match within(config.connect_timeout, TcpStream::connect(backend.addr)).await {
+    let limit = limits.limits.connect_timeout;
+    match within(limit, TcpStream::connect(backend.addr)).await {
         Some(Ok(stream)) => Ok(stream),
         Some(Err(error)) => Err(ConnectFailure::Io(error)),
-        None => Err(ConnectFailure::TimedOut(config.connect_timeout)),
+        None => Err(ConnectFailure::TimedOut(limit)),
     }
 }

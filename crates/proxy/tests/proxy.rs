@@ -459,7 +459,7 @@ mod http {
     use std::time::Duration;
     use tandem_proxy::{
         Backend, ListenerKey, MethodClass, MetricsSink, Protocol, Proxy, ProxyConfig,
-        ProxyErrorSource, RequestRecord,
+        ProxyErrorSource, RequestRecord, ServiceLimits,
     };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
@@ -1455,5 +1455,206 @@ mod http {
             (0, Protocol::Tcp, Some(4), 4)
         );
         assert!(proxy.drain("db", &[backend.addr], DEADLINE).await);
+    }
+
+    // === per-service limits ===
+
+    /// A chunked upload of `pieces` × 400 bytes to `/upload`.
+    fn streamed_upload(pieces: usize) -> Request<TestBody> {
+        let frames = futures_util::stream::iter(
+            (0..pieces).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; 400])))),
+        );
+        Request::post("/upload")
+            .header("host", "api.test")
+            .body(StreamBody::new(frames).boxed_unsync())
+            .unwrap()
+    }
+
+    fn limits(change: impl FnOnce(&mut ServiceLimits)) -> ServiceLimits {
+        let mut limits = ServiceLimits::default();
+        change(&mut limits);
+        limits
+    }
+
+    #[tokio::test]
+    async fn each_service_has_its_own_response_timeout() {
+        let (a, r) = (HttpBackend::start("A").await, HttpBackend::start("R").await);
+        let (proxy, api_addr, _) = http_proxy(test_config()).await;
+        let reports_addr = proxy
+            .listen_on(ListenerKey::public("reports"), any_port(), Protocol::Http)
+            .await
+            .unwrap();
+        proxy.set_weighted_backends("api", vec![a.weighted(1, 1)]);
+        proxy.set_weighted_backends("reports", vec![r.weighted(1, 1)]);
+        proxy.set_service_limits(
+            "reports",
+            limits(|l| l.response_timeout = Duration::from_millis(300)),
+        );
+        assert_eq!(
+            proxy.service_limits("api").response_timeout,
+            Duration::from_secs(60)
+        );
+
+        // Held by api's backend from before reports' request until after its 504.
+        let mut api_client = Client::connect(api_addr).await;
+        let held = tokio::spawn(async move { api_client.get("/wait").await });
+        wait_until("the held request to reach A", || {
+            proxy.in_flight("api", a.addr) == 1
+        })
+        .await;
+
+        let reply = Client::connect(reports_addr).await.get("/wait").await;
+        assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            reply.body,
+            format!(
+                "backend {} of service 'reports' did not answer within 300ms\n",
+                r.addr
+            )
+        );
+        assert!(!held.is_finished(), "api has the default response timeout");
+        a.open_gate(1);
+        let reply = within("the held request", held).await.unwrap();
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "A"));
+    }
+
+    #[tokio::test]
+    async fn a_service_body_limit_refuses_a_streamed_upload_over_it_and_passes_one_under_it() {
+        let (a, r) = (HttpBackend::start("A").await, HttpBackend::start("R").await);
+        let (proxy, api_addr, _) = http_proxy(test_config()).await;
+        let reports_addr = proxy
+            .listen_on(ListenerKey::public("reports"), any_port(), Protocol::Http)
+            .await
+            .unwrap();
+        proxy.set_weighted_backends("api", vec![a.weighted(1, 1)]);
+        proxy.set_weighted_backends("reports", vec![r.weighted(1, 1)]);
+        proxy.set_service_limits(
+            "reports",
+            limits(|l| {
+                l.max_body_bytes = Some(1000);
+                l.max_header_bytes = 4096;
+            }),
+        );
+
+        let reply = Client::connect(reports_addr)
+            .await
+            .request(streamed_upload(4))
+            .await;
+        assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(reply.proxy_error(), "body-too-large");
+        assert_eq!(
+            reply.body,
+            "the request body exceeds the proxy's limit of 1000 bytes\n"
+        );
+        let reply = Client::connect(reports_addr)
+            .await
+            .request(streamed_upload(2))
+            .await;
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "800"));
+
+        let big_head = || {
+            Request::get("/")
+                .header("host", "api.test")
+                .header("x-big", "b".repeat(5000))
+                .body(empty())
+                .unwrap()
+        };
+        let reply = Client::connect(reports_addr)
+            .await
+            .request(big_head())
+            .await;
+        assert_eq!(reply.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+
+        // The other service keeps the defaults: no body limit, 64 KiB heads.
+        let reply = Client::connect(api_addr)
+            .await
+            .request(streamed_upload(4))
+            .await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (StatusCode::OK, "1600")
+        );
+        let reply = Client::connect(api_addr).await.request(big_head()).await;
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "A"));
+    }
+
+    #[tokio::test]
+    async fn a_changed_limit_applies_to_the_next_request_on_an_open_connection() {
+        let a = HttpBackend::start("A").await;
+        let (proxy, addr, _) = http_proxy(test_config()).await;
+        proxy.set_weighted_backends("api", vec![a.weighted(1, 1)]);
+        let mut client = Client::connect(addr).await;
+        assert_eq!(client.get("/").await.body, "A");
+
+        proxy.set_service_limits(
+            "api",
+            limits(|l| l.response_timeout = Duration::from_millis(300)),
+        );
+        let reply = client.get("/wait").await;
+        assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+
+        proxy.set_service_limits("api", ServiceLimits::default());
+        let reply = client.request(streamed_upload(4)).await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (StatusCode::OK, "1600")
+        );
+
+        proxy.set_service_limits("api", limits(|l| l.max_body_bytes = Some(1000)));
+        let reply = client.request(streamed_upload(4)).await;
+        assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+        // One client connection throughout.
+        assert_eq!(proxy.stats("api").accepted, 1);
+    }
+
+    #[tokio::test]
+    async fn edge_listeners_get_the_service_limits() {
+        let a = HttpBackend::start("A").await;
+        let (proxy, public_addr, _) = http_proxy(test_config()).await;
+        let edge_addr = proxy
+            .listen_on(ListenerKey::edge("web", "api"), any_port(), Protocol::Http)
+            .await
+            .unwrap();
+        proxy.set_weighted_backends("api", vec![a.weighted(1, 1)]);
+        proxy.set_service_limits(
+            "api",
+            limits(|l| {
+                l.response_timeout = Duration::from_millis(300);
+                l.max_body_bytes = Some(1000);
+            }),
+        );
+        for addr in [public_addr, edge_addr] {
+            let reply = Client::connect(addr).await.get("/wait").await;
+            assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{addr}");
+            let reply = Client::connect(addr)
+                .await
+                .request(streamed_upload(4))
+                .await;
+            assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{addr}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_header_timeout_cuts_its_idle_clients_off() {
+        let a = HttpBackend::start("A").await;
+        let (proxy, addr, _) = http_proxy(test_config()).await;
+        proxy.set_weighted_backends("api", vec![a.weighted(1, 1)]);
+        proxy.set_service_limits(
+            "api",
+            limits(|l| l.header_read_timeout = Duration::from_millis(300)),
+        );
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answered = Vec::new();
+        within(
+            "the proxy to close the idle connection",
+            idle.read_to_end(&mut answered),
+        )
+        .await
+        .unwrap();
+        assert!(answered.starts_with(b"HTTP/1.1 200"), "{answered:?}");
     }
 }
