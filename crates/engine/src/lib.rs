@@ -38,7 +38,7 @@ use tandem_api::{
     DeployInProgress, DeploymentKind, Event, EventKind, EventSink, InstanceState, Plan, Revision,
     ServiceStatus, now_ms,
 };
-use tandem_proxy::{ListenerKey, Protocol as ProxyProtocol, Proxy, ServerTls};
+use tandem_proxy::{ListenerKey, Protocol as ProxyProtocol, Proxy, ServerTls, ServiceLimits};
 use tandem_spec::System;
 use tandem_store::Store;
 use tandem_supervisor::runtime::{InstanceRequest, Runtime};
@@ -317,8 +317,9 @@ impl Engine {
 
     /// Opens (or moves) every listener `system` needs: each service's public port (on its
     /// address, over TLS when it has `tls`) and one edge listener per dependency (plain, on
-    /// loopback). Fails, before anything starts, when a port is held by another program or a
-    /// certificate and key do not load.
+    /// loopback), and gives the proxy each service's limits (its `proxy` table). Fails,
+    /// before anything starts, when a port is held by another program or a certificate and
+    /// key do not load.
     pub(crate) async fn open_listeners(&self, system: &System) -> Result<(), String> {
         if let Err(e) = self.edges.ensure(system) {
             return Err(format!("cannot save the edge ports: {e}"));
@@ -389,6 +390,7 @@ impl Engine {
                 });
             }
         }
+        self.set_proxy_limits(system);
         for (key, addr, protocol, tls) in wanted {
             let label = match &key.caller {
                 None => format!("port {} of service '{}'", addr, key.service),
@@ -402,8 +404,21 @@ impl Engine {
         Ok(())
     }
 
-    /// Closes the listeners `system` does not need.
+    /// Gives the proxy each service's limits: its `proxy` table over the proxy's defaults. They
+    /// apply to the next request or connection of every listener of the service, open
+    /// connections included, and need no new instances (see `plan::desired_templates`).
+    fn set_proxy_limits(&self, system: &System) {
+        let defaults = self.proxy.config().service_limits();
+        for (name, service) in &system.service {
+            let limits = service_limits(&service.proxy, &defaults);
+            self.proxy.set_service_limits(name, limits);
+        }
+    }
+
+    /// Closes the listeners `system` does not need, and sets the limits of those it keeps
+    /// (after a failed deploy, `system` is the live one again, and so are its limits).
     pub(crate) fn close_unneeded_listeners(&self, system: &System) {
+        self.set_proxy_limits(system);
         let edges: Vec<(String, String)> = self
             .edges
             .edges_of(system)
@@ -765,6 +780,33 @@ fn load_tls(name: &str, tls: &tandem_spec::Tls) -> Result<ServerTls, String> {
         tracing::warn!("{warning}");
     }
     ServerTls::load(cert, key).map_err(|e| format!("service '{name}' cannot serve HTTPS: {e}"))
+}
+
+/// A service's `proxy` table as the proxy's limits: each key left out keeps `defaults`.
+pub(crate) fn service_limits(
+    settings: &tandem_spec::ProxySettings,
+    defaults: &ServiceLimits,
+) -> ServiceLimits {
+    ServiceLimits {
+        header_read_timeout: settings
+            .idle_timeout
+            .map_or(defaults.header_read_timeout, |d| d.0),
+        max_header_bytes: settings
+            .max_request_header
+            .map_or(defaults.max_header_bytes, |s| {
+                usize::try_from(s.0).unwrap_or(usize::MAX)
+            }),
+        max_body_bytes: settings
+            .max_request_body
+            .map(|s| s.0)
+            .or(defaults.max_body_bytes),
+        connect_timeout: settings
+            .connect_timeout
+            .map_or(defaults.connect_timeout, |d| d.0),
+        response_timeout: settings
+            .response_timeout
+            .map_or(defaults.response_timeout, |d| d.0),
+    }
 }
 
 pub(crate) fn proxy_protocol(p: tandem_spec::Protocol) -> ProxyProtocol {

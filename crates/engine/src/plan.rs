@@ -74,6 +74,8 @@ pub fn desired_templates(
             process_view.tls = None;
             // Hooks run around a deploy; changing one needs no new processes.
             process_view.hooks = None;
+            // The proxy's limits apply in the proxy: new ones need no new processes.
+            process_view.proxy = Default::default();
             let mut hasher = Sha256::new();
             hasher.update(serde_json::to_vec(&process_view).unwrap_or_default());
             hasher.update(serde_json::to_vec(&env).unwrap_or_default());
@@ -224,7 +226,8 @@ fn changes_process(path: &str) -> bool {
         || path.starts_with("release")
         || path == "metrics"
         || path == "protocol"
-        || path.starts_with("tls"))
+        || path.starts_with("tls")
+        || path.starts_with("proxy"))
 }
 
 fn service_field_changes(name: &str, old: &Service, new: &Service) -> Vec<String> {
@@ -272,5 +275,39 @@ fn empty_system(name: &str) -> System {
         monitoring: Default::default(),
         receiver: Vec::new(),
         route: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn system(proxy: &str) -> System {
+        let text = format!(
+            "[service.api]\nrun = \"./api\"\nport = 8080\nhealth = {{ http = \"/healthz\" }}\n{proxy}\n"
+        );
+        tandem_spec::resolve("tandem.toml", &text, std::path::Path::new("/"), "dev")
+            .expect("a valid system")
+    }
+
+    #[test]
+    fn a_change_of_proxy_limits_keeps_the_running_instances() {
+        let dir = tempfile::tempdir().unwrap();
+        let edges = EdgePorts::load(dir.path().join("edges.json"));
+        let old = system("");
+        let new = system("proxy = { response_timeout = \"5m\", max_request_body = \"50MiB\" }");
+        let old_hash = desired_templates(&old, "dev", &edges)["api"].hash.clone();
+        let new_hash = desired_templates(&new, "dev", &edges)["api"].hash.clone();
+        assert_eq!(old_hash, new_hash);
+
+        let running = BTreeMap::from([(
+            "api".to_string(),
+            vec![("api-1-0".to_string(), 0, old_hash)],
+        )]);
+        let plans = plan_services(&new, Some(&old), &running, &edges);
+        assert_eq!(plans[0].action, ServiceAction::Keep);
+        // And with no instances running (after `down`), they are restored, not replaced.
+        let plans = plan_services(&new, Some(&old), &BTreeMap::new(), &edges);
+        assert_eq!(plans[0].action, ServiceAction::Restore);
     }
 }
