@@ -3,7 +3,8 @@
 //!
 //! Both work on the serde form of [`System`] (maps are `BTreeMap`s, so the JSON is
 //! canonical). The diff descends into tables; arrays compare whole, except `alert`, whose
-//! rules are matched by name so a changed rule shows as `alert.NAME.expr`.
+//! rules are matched by name so a changed rule shows as `alert.NAME.expr`. A secret's
+//! fingerprint never shows: its change reads `service.api.secrets.DB_PASSWORD: changed`.
 
 use crate::model::System;
 use serde_json::Value;
@@ -31,7 +32,52 @@ pub fn diff(old: &System, new: &System) -> Vec<Change> {
     let old = alerts_by_name(serde_json::to_value(old).unwrap_or(Value::Null));
     let new = alerts_by_name(serde_json::to_value(new).unwrap_or(Value::Null));
     compare("", Some(&old), Some(&new), &mut changes);
-    changes
+    changes.into_iter().map(hide_secret_fingerprints).collect()
+}
+
+/// A change of a secret's fingerprint shows as `service.NAME.secrets.SECRET` with
+/// `"(secret)"` → `"changed (secret)"`, and fingerprints inside a larger value (a service
+/// added or removed whole) as `"(secret)"`: a diff tells that a value changed, never what
+/// stands for it.
+fn hide_secret_fingerprints(mut change: Change) -> Change {
+    let parts: Vec<&str> = change.path.split('.').collect();
+    if let ["service", service, "secret_fingerprints", name] = parts.as_slice() {
+        let path = format!("service.{service}.secrets.{name}");
+        let hidden = |v: &Option<Value>| v.as_ref().map(|_| Value::from("(secret)"));
+        let both = change.old.is_some() && change.new.is_some();
+        return Change {
+            path,
+            old: hidden(&change.old),
+            new: if both {
+                Some(Value::from("changed (secret)"))
+            } else {
+                hidden(&change.new)
+            },
+        };
+    }
+    for value in [&mut change.old, &mut change.new].into_iter().flatten() {
+        hide_fingerprints_in(value);
+    }
+    change
+}
+
+fn hide_fingerprints_in(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match (key.as_str(), child) {
+                    ("secret_fingerprints", Value::Object(prints)) => {
+                        for print in prints.values_mut() {
+                            *print = Value::from("(secret)");
+                        }
+                    }
+                    (_, child) => hide_fingerprints_in(child),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(hide_fingerprints_in),
+        _ => {}
+    }
 }
 
 /// Names of services added, removed or changed between `old` and `new`.

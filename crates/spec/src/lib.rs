@@ -25,6 +25,7 @@ mod proxy_settings;
 mod render;
 mod resolve;
 mod rule_file;
+mod secrets;
 mod service;
 mod starter;
 mod tls;
@@ -42,6 +43,7 @@ pub use notify::{
 };
 pub use render::{render_json, render_toml};
 pub use resolve::{environments, load, resolve, validate_all};
+pub use secrets::secret_fingerprint;
 pub use starter::STARTER_FILE;
 pub use tls::{key_permission_warning, tls_warnings};
 

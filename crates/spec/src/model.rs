@@ -167,6 +167,16 @@ pub struct Service {
     /// Extra environment variables for every instance.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Names of variables whose values come from the environment's secret store
+    /// (`tandem secret set`), never from the file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// A keyed fingerprint of each secret's value (see [`crate::secret_fingerprint`]),
+    /// filled in by the server that plans or deploys the system, never read from the file:
+    /// a changed value changes the content hash and the template hash, so a deploy replaces
+    /// the instances, while the revision keeps no value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_fingerprints: BTreeMap<String, String>,
     /// The public port tandem serves for this service (instances get their own `PORT`), and
     /// the address it binds (loopback unless the file names one).
     #[serde(default, skip_serializing_if = "Option::is_none")]

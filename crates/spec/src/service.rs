@@ -33,6 +33,7 @@ pub(crate) const SERVICE_KEYS: &[&str] = &[
     "tls",
     "hooks",
     "proxy",
+    "secrets",
 ];
 const HEALTH_KEYS: &[&str] = &[
     "http", "tcp", "exec", "interval", "timeout", "grace", "failures",
@@ -82,6 +83,8 @@ pub(crate) fn read_service(
         run: String::new(),
         cwd: normalize(base_dir).to_string_lossy().into_owned(),
         env: Default::default(),
+        secrets: Vec::new(),
+        secret_fingerprints: Default::default(),
         port: None,
         tls: None,
         health: None,
@@ -136,6 +139,9 @@ pub(crate) fn read_service(
     }
     if let Some(env) = table.get("env") {
         read_env(report, env, section, &mut service);
+    }
+    if let Some(secrets) = table.get("secrets") {
+        crate::secrets::read_secrets(report, secrets, section, &mut service);
     }
     if let Some(port) = table.get("port") {
         spans.port = Some(port.node.span.clone());

@@ -18,6 +18,8 @@ fn system(replicas: u32) -> System {
         run: "./api --port ${PORT}".into(),
         cwd: "/srv/shop".into(),
         env: BTreeMap::from([("RUST_LOG".into(), "info".into())]),
+        secrets: Vec::new(),
+        secret_fingerprints: BTreeMap::new(),
         port: Some(8080.into()),
         tls: None,
         health: None,
