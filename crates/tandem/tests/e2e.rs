@@ -7,6 +7,7 @@ mod e2e {
     pub mod hooks;
     pub mod host;
     pub mod ports;
+    pub mod proxy_limits;
     pub mod public;
     pub mod silences;
     pub mod support;
