@@ -8,6 +8,7 @@ pub mod apply;
 pub mod deployment;
 pub mod event;
 pub mod revision;
+pub mod secret;
 pub mod silence;
 pub mod status;
 
@@ -15,5 +16,6 @@ pub use apply::*;
 pub use deployment::*;
 pub use event::*;
 pub use revision::*;
+pub use secret::*;
 pub use silence::*;
 pub use status::*;

@@ -48,6 +48,14 @@ use warm::WarmStore;
 /// How long an unchanged dependency may take to become healthy before dependents start.
 const DEPENDENCY_WAIT: Duration = Duration::from_secs(60);
 
+/// The values of an environment's secrets (`secrets = [...]` of a service), kept outside
+/// the revision store; see `tandem_server`'s secret store. The engine asks for a value only
+/// when it builds what an instance (or a hook) is started with, and never logs it.
+pub trait SecretValues: Send + Sync {
+    /// The current value of secret `name`, if it is set.
+    fn value(&self, name: &str) -> Option<String>;
+}
+
 /// Where an engine keeps what it needs beside the store.
 #[derive(Clone)]
 pub struct EngineConfig {
@@ -77,6 +85,8 @@ pub struct Engine {
     /// Where the warm pool of `routing` is written whenever it changes.
     warm_store: WarmStore,
     analysis: Option<Arc<dyn analysis::AnalysisQuerier>>,
+    /// Where secret values come from; without one, no secret is injected.
+    secrets: std::sync::OnceLock<Arc<dyn SecretValues>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -135,6 +145,7 @@ impl Engine {
             routing: Mutex::new(Routing::default()),
             warm_store: WarmStore::new(config.warm_file),
             analysis: config.analysis,
+            secrets: std::sync::OnceLock::new(),
         });
         // Keep the proxy's backends in line with health changes.
         let weak = Arc::downgrade(&engine);
@@ -311,8 +322,29 @@ impl Engine {
         }
     }
 
+    /// Gives the engine the environment's secret store (once, when the server starts).
+    pub fn set_secrets(&self, secrets: Arc<dyn SecretValues>) {
+        let _ = self.secrets.set(secrets);
+    }
+
+    /// What each service's instances are started with: [`desired_templates`] plus the
+    /// current value of each of its secrets. The values go in after the template hash is
+    /// made, which holds only the keyed fingerprints the revision carries: an instance's
+    /// hash (in its meta.json and in `status`) never depends on a value directly. A secret
+    /// whose value is gone (removed after its revision was deployed) is left out; a
+    /// `${NAME}` that needs it then stops the launch.
     pub(crate) fn templates(&self, system: &System) -> BTreeMap<String, ServiceTemplate> {
-        desired_templates(system, &self.env, &self.edges)
+        let mut templates = desired_templates(system, &self.env, &self.edges);
+        if let Some(secrets) = self.secrets.get() {
+            for template in templates.values_mut() {
+                for name in &template.service.secrets {
+                    if let Some(value) = secrets.value(name) {
+                        template.env.insert(name.clone(), value);
+                    }
+                }
+            }
+        }
+        templates
     }
 
     /// Opens (or moves) every listener `system` needs: each service's public port (on its

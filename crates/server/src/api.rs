@@ -43,7 +43,10 @@ pub(crate) fn router(state: Arc<AppState>, needs_token: bool) -> Router {
             "/v1/silences/{id}/expire",
             post(crate::alertapi::expire_silence),
         )
-        .route("/v1/logs", get(logs_route));
+        .route("/v1/logs", get(logs_route))
+        .route("/v1/secrets", get(list_secrets))
+        .route("/v1/secrets/{name}", post(set_secret))
+        .route("/v1/secrets/{name}/remove", post(remove_secret));
     let routes = if needs_token {
         routes.layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -126,9 +129,15 @@ fn check_env(state: &AppState, request: &ApplyRequest) -> Option<Response> {
     None
 }
 
-async fn plan(State(state): State<Arc<AppState>>, Json(request): Json<ApplyRequest>) -> Response {
+async fn plan(
+    State(state): State<Arc<AppState>>,
+    Json(mut request): Json<ApplyRequest>,
+) -> Response {
     if let Some(r) = check_env(&state, &request) {
         return r;
+    }
+    if let Err(missing) = state.secrets.seal(&mut request.system) {
+        return error(StatusCode::BAD_REQUEST, missing);
     }
     match state.engine.plan(&request.system) {
         Ok(plan) => Json(plan).into_response(),
@@ -136,11 +145,25 @@ async fn plan(State(state): State<Arc<AppState>>, Json(request): Json<ApplyReque
     }
 }
 
-async fn apply(State(state): State<Arc<AppState>>, Json(request): Json<ApplyRequest>) -> Response {
+async fn apply(
+    State(state): State<Arc<AppState>>,
+    Json(mut request): Json<ApplyRequest>,
+) -> Response {
     if let Some(r) = check_env(&state, &request) {
         return r;
     }
     let (tx, rx) = mpsc::channel::<String>(64);
+    // Every secret a service lists must be set before anything starts or is recorded; the
+    // revision then carries each value's keyed fingerprint, never the value.
+    if let Err(missing) = state.secrets.seal(&mut request.system) {
+        let failed = ApplyMessage::Failed {
+            error: missing,
+            revision: None,
+            rolled_back: false,
+        };
+        let _ = tx.try_send(serde_json::to_string(&failed).unwrap_or_default());
+        return ndjson_response(rx);
+    }
     let engine = state.engine.clone();
     let dir = state.dir.clone();
     let mut recovered = state.recovered.clone();
@@ -432,4 +455,89 @@ async fn logs_route(State(state): State<Arc<AppState>>, Query(q): Query<LogsQuer
         }
     });
     ndjson_response(rx)
+}
+
+// === secrets ===
+
+/// `GET /v1/secrets`: every secret's name, when and by whom it was set, its fingerprint and
+/// the live revision's services that use it; never a value.
+async fn list_secrets(State(state): State<Arc<AppState>>) -> Response {
+    let live = match state.engine.store().live(&state.env) {
+        Ok(live) => live,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let mut list = state.secrets.list();
+    for secret in &mut list {
+        secret.used_by = live
+            .iter()
+            .flat_map(|l| l.system.service.iter())
+            .filter(|(_, s)| s.secrets.contains(&secret.name))
+            .map(|(name, _)| name.clone())
+            .collect();
+    }
+    Json(list).into_response()
+}
+
+fn check_secret_name(name: &str) -> Option<Response> {
+    if !tandem_spec::is_variable_name(name) || name == "PORT" {
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "'{name}' cannot be a secret's name: use letters, digits and '_', not starting with a digit, and not PORT"
+            ),
+        ));
+    }
+    None
+}
+
+/// `POST /v1/secrets/{name}` with `{"value", "who"}`: sets it. The value is neither logged
+/// nor echoed; the answer is the secret's [`tandem_api::SecretInfo`].
+async fn set_secret(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Json(request): Json<tandem_api::SecretSetRequest>,
+) -> Response {
+    if let Some(r) = check_secret_name(&name) {
+        return r;
+    }
+    match state.secrets.set(&name, &request.value, &request.who) {
+        Ok(info) => {
+            tracing::info!(
+                "secret {name} of {} set by {} ({})",
+                state.env,
+                request.who,
+                info.fingerprint
+            );
+            Json(info).into_response()
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}
+
+/// `POST /v1/secrets/{name}/remove` with `{"who"}`: removes it; 404 when it is not set.
+async fn remove_secret(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Json(request): Json<tandem_api::SecretRemoveRequest>,
+) -> Response {
+    match state.secrets.remove(&name) {
+        Ok(true) => {
+            tracing::info!("secret {name} of {} removed by {}", state.env, request.who);
+            Json(serde_json::json!({ "removed": name })).into_response()
+        }
+        Ok(false) => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "secret '{name}' is not set in {}; `tandem secret list` lists them",
+                state.env
+            ),
+        ),
+        Err(e) => {
+            tracing::error!("{e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //!   server.sock             the API over a Unix socket (0600)
 //!   server.log              the server's own log when it runs in the background, rotated by size
 //!   token                   bearer token for the HTTP listener (0600)
+//!   secrets.json            the secrets' values and their fingerprint key (0600)
 //!   state.db                revisions and events (SQLite, WAL)
 //!   warm.json               the warm pool: instances kept warm for a rollback, and until when
 //!   instances/<id>/         one folder per instance: launch.json, child.json, exit.json, meta.json
@@ -81,6 +82,10 @@ impl DataDir {
     }
     pub fn token_file(&self) -> PathBuf {
         self.root.join("token")
+    }
+    /// The secret store (see [`crate::secrets`]).
+    pub fn secrets_file(&self) -> PathBuf {
+        self.root.join("secrets.json")
     }
     pub fn store_file(&self) -> PathBuf {
         self.root.join("state.db")

@@ -25,6 +25,7 @@ mod recorder;
 mod remote_write;
 mod rules;
 mod scrape;
+pub mod secrets;
 mod self_metrics;
 mod server_log;
 
@@ -96,6 +97,7 @@ pub(crate) struct AppState {
     pub(crate) dir: DataDir,
     pub(crate) monitor: Arc<monitor::Monitor>,
     pub(crate) rules: Arc<rules::Rules>,
+    pub(crate) secrets: Arc<secrets::SecretStore>,
 }
 
 /// Runs the server until `POST /v1/down` or SIGTERM/SIGINT.
@@ -120,6 +122,10 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         .read_or_create_token()
         .map_err(|e| ServerError::Io(format!("cannot create the token file: {e}")))?;
     let store = Arc::new(Store::open(&dir.store_file())?);
+    let secrets = Arc::new(
+        secrets::SecretStore::open(&dir.secrets_file())
+            .map_err(|e| ServerError::Io(e.to_string()))?,
+    );
     let recorder = Arc::new(recorder::Recorder::new(store.clone()));
 
     let runtime = Runtime::new(
@@ -168,6 +174,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         proxy,
         recorder.clone(),
     );
+    engine.set_secrets(secrets.clone());
 
     // Listeners: the Unix socket first (the CLI waits for it), then HTTP.
     let socket_path = dir.socket_file();
@@ -222,6 +229,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         dir: dir.clone(),
         monitor: monitor.clone(),
         rules: rule_engine.clone(),
+        secrets,
     });
 
     monitor.start_collecting(&config.env, dir.root(), runtime.clone(), traffic.clone());

@@ -106,10 +106,23 @@ impl InstanceDir {
 }
 
 /// Writes `value` as JSON to `path` atomically: a temporary file beside it, then a rename.
+/// The file is created owner-only (0600): `launch.json` and `meta.json` hold an instance's
+/// environment, secrets included.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
-    std::fs::write(&tmp, bytes)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    // `mode` applies only to a new file; one left by a crash may have any mode.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(&bytes)?;
+    drop(file);
     std::fs::rename(&tmp, path)
 }
 

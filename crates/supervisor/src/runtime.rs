@@ -871,9 +871,10 @@ impl InstanceSupervisor {
         let argv = shlex::split(&line)
             .filter(|v| !v.is_empty())
             .ok_or_else(|| {
+                // The line as written, not as interpolated: a value may be a secret.
                 format!(
-                    "run of service '{}' is not a valid command line: {line}",
-                    req.service
+                    "run of service '{}' is not a valid command line once interpolated: {}",
+                    req.service, req.run
                 )
             })?;
         let mut env_out = BTreeMap::new();

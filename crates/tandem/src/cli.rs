@@ -260,6 +260,15 @@ pub(crate) enum Command {
         #[command(flatten)]
         target: FileArg,
     },
+    /// Set, list and remove the environment's secrets (`secrets = [...]` of a service).
+    ///
+    /// Values are read from stdin, never from arguments; no command prints one.
+    Secret {
+        #[command(flatten)]
+        target: AlertsFileArg,
+        #[command(subcommand)]
+        action: SecretAction,
+    },
     /// Run the environment's server in the foreground (`up` starts it in the background).
     Serve {
         #[command(flatten)]
@@ -326,6 +335,28 @@ pub(crate) enum AlertsAction {
     },
 }
 
+/// `tandem secret` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SecretAction {
+    /// Set a secret's value, read from stdin: piped in, or typed without echo on a terminal.
+    /// Starts the environment's server when none runs.
+    Set {
+        /// The variable's name, as listed in `secrets = [...]`.
+        name: String,
+    },
+    /// Every secret: name, when and by whom it was set, a fingerprint, and the services of
+    /// the live revision that use it. Never a value.
+    List {
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Remove a secret.
+    Rm {
+        /// The variable's name.
+        name: String,
+    },
+}
+
 /// What `tandem test` tests.
 #[derive(Debug, Subcommand)]
 pub(crate) enum TestWhat {
@@ -346,6 +377,7 @@ impl Command {
             Command::Shim { .. } | Command::Ports { .. } => PathBuf::from("tandem.toml"),
             Command::Test { .. } => PathBuf::from("tandem.toml"),
             Command::Alerts { target, .. } => target.file.clone(),
+            Command::Secret { target, .. } => target.file.clone(),
             Command::Init { target }
             | Command::Validate { target }
             | Command::Render { target, .. }

@@ -6,6 +6,7 @@ mod alerts;
 mod inspect;
 mod lifecycle;
 mod offline;
+mod secret;
 
 use crate::cli::{Cli, Command};
 use anyhow::{Context, Result, bail};
@@ -103,6 +104,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
         } => lifecycle::deploy(&ctx, message, force, output).await,
         Command::Rollback { to, output, .. } => lifecycle::rollback(&ctx, to, output).await,
         Command::Alerts { output, action, .. } => alerts::run(&ctx, output, action).await,
+        Command::Secret { action, .. } => secret::run(&ctx, action).await,
         Command::Query {
             expr,
             range,

@@ -9,6 +9,7 @@ mod e2e {
     pub mod ports;
     pub mod proxy_limits;
     pub mod public;
+    pub mod secrets;
     pub mod silences;
     pub mod support;
     pub mod warm;

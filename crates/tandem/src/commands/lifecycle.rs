@@ -50,7 +50,7 @@ fn init_server_logging() {
 
 /// Starts `tandem serve` in the background (its own session, output to `server.log`) and
 /// waits until it answers.
-async fn start_server(ctx: &Ctx, listen: Option<&str>) -> Result<()> {
+pub(crate) async fn start_server(ctx: &Ctx, listen: Option<&str>) -> Result<()> {
     let dir = DataDir::new(&ctx.data_dir);
     dir.create()
         .with_context(|| format!("cannot create {}", ctx.data_dir.display()))?;
