@@ -15,7 +15,10 @@ fn down_after_the_server_was_killed_stops_what_it_left_running() {
     let server = p.server_pid().expect("a server runs");
     kill(server, libc::SIGKILL);
     assert!(wait_gone(server, Duration::from_secs(10)));
-    assert!(pids.iter().all(|pid| alive(*pid)), "instances outlive the server");
+    assert!(
+        pids.iter().all(|pid| alive(*pid)),
+        "instances outlive the server"
+    );
 
     let out = p.run(&["down"]);
     assert_eq!(out.code, 0, "{}", out.all());
