@@ -44,6 +44,10 @@ pub enum EventKind {
     SilenceCreated,
     /// A silence was expired by someone, or its time was up.
     SilenceExpired,
+    /// A secret's value was set or changed (the event names it, never its value).
+    SecretSet,
+    /// A secret was removed from the environment's store.
+    SecretRemoved,
     Note,
 }
 
@@ -79,6 +83,8 @@ impl EventKind {
             EventKind::NotificationFailed => "notification-failed",
             EventKind::SilenceCreated => "silence-created",
             EventKind::SilenceExpired => "silence-expired",
+            EventKind::SecretSet => "secret-set",
+            EventKind::SecretRemoved => "secret-removed",
             EventKind::Note => "note",
         }
     }
@@ -118,6 +124,8 @@ pub const ALL_EVENT_KINDS: &[EventKind] = &[
     EventKind::RuleError,
     EventKind::SilenceCreated,
     EventKind::SilenceExpired,
+    EventKind::SecretSet,
+    EventKind::SecretRemoved,
     EventKind::Note,
 ];
 

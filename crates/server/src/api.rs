@@ -508,12 +508,39 @@ async fn set_secret(
                 request.who,
                 info.fingerprint
             );
+            record_secret_event(
+                &state,
+                EventKind::SecretSet,
+                &request.who,
+                format!(
+                    "secret {name} set (fingerprint {}); services that use it get the new value with the next deploy",
+                    info.fingerprint
+                ),
+            );
             Json(info).into_response()
         }
         Err(e) => {
             tracing::error!("{e}");
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
+    }
+}
+
+/// Puts a change of the secret store on the timeline: who changed which secret, so "who
+/// rotated the database password, and when?" has an answer. Never the value.
+fn record_secret_event(state: &AppState, kind: EventKind, who: &str, message: String) {
+    let event = Event {
+        time_ms: now_ms(),
+        env: state.env.clone(),
+        kind,
+        service: None,
+        instance: None,
+        revision: None,
+        who: Some(who.to_string()),
+        message,
+    };
+    if let Err(e) = state.engine.store().add_event(&event) {
+        tracing::error!("cannot record the secret change on the timeline: {e}");
     }
 }
 
@@ -526,6 +553,12 @@ async fn remove_secret(
     match state.secrets.remove(&name) {
         Ok(true) => {
             tracing::info!("secret {name} of {} removed by {}", state.env, request.who);
+            record_secret_event(
+                &state,
+                EventKind::SecretRemoved,
+                &request.who,
+                format!("secret {name} removed"),
+            );
             Json(serde_json::json!({ "removed": name })).into_response()
         }
         Ok(false) => error(

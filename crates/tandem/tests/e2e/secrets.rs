@@ -219,9 +219,24 @@ fn secrets_come_from_the_store_never_show_and_a_new_value_replaces_the_instance(
     );
 
     assert_nowhere(&p, &[FIRST, SECOND]);
+    // Each change of the store is on the timeline with who made it, by name only.
+    let events: Vec<tandem_api::Event> =
+        serde_json::from_str(&p.run(&["timeline", "-o", "json", "-n", "1000"]).ok().stdout)
+            .unwrap();
+    let set: Vec<&tandem_api::Event> = events
+        .iter()
+        .filter(|e| e.kind == tandem_api::EventKind::SecretSet)
+        .collect();
+    assert_eq!(set.len(), 2, "{events:#?}");
+    assert!(
+        set.iter()
+            .all(|e| e.message.contains("secret DB_PASSWORD set") && e.who.is_some())
+    );
 
     // Removed: listed no more, and a deploy that needs it fails again.
     p.run(&["secret", "rm", "DB_PASSWORD"]).ok();
+    let out = p.run(&["timeline", "-n", "5"]).ok();
+    assert!(out.stdout.contains("secret-removed"), "{}", out.stdout);
     let out = p.run(&["secret", "list", "-o", "json"]).ok();
     assert_eq!(out.stdout.trim(), "[]");
     p.set_system(&format!("{}\n", system(port).replace("DSN", "DSN2")));
