@@ -16,6 +16,7 @@ mod diagnostic;
 mod diff;
 mod graph;
 pub mod hooks;
+mod inhibit;
 mod interpolate;
 pub mod model;
 mod monitoring;

@@ -44,6 +44,14 @@ pub struct System {
     pub route: Vec<Route>,
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(flag: &bool) -> bool {
+    *flag
+}
+
 /// `[monitoring]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +77,16 @@ pub struct Monitoring {
         skip_serializing_if = "is_default_rule_interval"
     )]
     pub rule_interval: Dur,
+    /// The file's `[[inhibit]]` rules (base, then the environment's). Not a key of
+    /// `[monitoring]`: kept here rather than on [`System`] so that code building a
+    /// `System` by hand (with `..Default::default()` on its monitoring) keeps compiling.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inhibit: Vec<InhibitRule>,
+    /// `[system] builtin_inhibit`: whether the built-in inhibition applies (a service's
+    /// crash-loop or OOM alert mutes its anomaly, SLO burn and regression alerts). Default
+    /// true; left out of the stored form while true, so older revisions keep their hash.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub builtin_inhibit: bool,
 }
 
 impl Default for Monitoring {
@@ -81,6 +99,8 @@ impl Default for Monitoring {
             remote_write: Vec::new(),
             builtin_alerts: BuiltinAlerts::default(),
             rule_interval: default_rule_interval(),
+            inhibit: Vec::new(),
+            builtin_inhibit: true,
         }
     }
 }
@@ -621,4 +641,47 @@ pub fn route_alert<'a>(
         return receivers.iter().map(|r| r.name.as_str()).collect();
     }
     chosen
+}
+
+/// `[[inhibit]]`: while an alert matching every `source_matchers` fires, alerts matching
+/// every `target_matchers` that have the same values for the `equal` labels (a missing
+/// label counting as empty) are not notified to webhook receivers. Alertmanager's
+/// `inhibit_rule`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InhibitRule {
+    pub source_matchers: Vec<crate::notify::Matcher>,
+    pub target_matchers: Vec<crate::notify::Matcher>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub equal: Vec<String>,
+}
+
+impl InhibitRule {
+    /// Whether a firing alert with `source` labels mutes the alert with `target` labels
+    /// under this rule. As in Alertmanager, a source that also matches the target matchers
+    /// does not count when the target matches the source matchers too, so an alert that
+    /// matches both sides never mutes itself (nor its like).
+    pub fn inhibits(
+        &self,
+        source: &BTreeMap<String, String>,
+        target: &BTreeMap<String, String>,
+    ) -> bool {
+        let all = |matchers: &[crate::notify::Matcher], labels| {
+            matchers.iter().all(|m| m.matches(labels))
+        };
+        if !all(&self.target_matchers, target) || !all(&self.source_matchers, source) {
+            return false;
+        }
+        let value = |labels: &BTreeMap<String, String>, name: &String| {
+            labels.get(name).map_or("", String::as_str).to_string()
+        };
+        if !self
+            .equal
+            .iter()
+            .all(|name| value(source, name) == value(target, name))
+        {
+            return false;
+        }
+        !(all(&self.source_matchers, target) && all(&self.target_matchers, source))
+    }
 }

@@ -279,7 +279,7 @@ pub(crate) fn read_routes(
         }
         let matchers = table
             .get("matchers")
-            .map(|entry| read_matchers(report, entry, section))
+            .map(|entry| read_matchers(report, entry, section, "matchers", MATCHERS_EXAMPLE))
             .unwrap_or_default();
         let continue_ = table
             .get("continue")
@@ -315,11 +315,18 @@ pub(crate) fn read_routes(
 
 const MATCHERS_EXAMPLE: &str = "matchers = ['severity=~\"page|critical\"', 'service!=\"kv\"']";
 
-/// `matchers`: an array of strings, each one matcher. A matcher that does not parse is
+/// `matchers` (or an inhibit rule's `source_matchers` / `target_matchers`, named by `key`):
+/// an array of strings, each one matcher. A matcher that does not parse is
 /// reported at the problem inside its string when the string is written without escapes
 /// (so its text and the file line up), else at the whole string.
-fn read_matchers(report: &mut Report<'_>, entry: &Entry, section: &str) -> Vec<Matcher> {
-    let Some(items) = report.array(entry, &Field::new(section, MATCHERS_EXAMPLE)) else {
+pub(crate) fn read_matchers(
+    report: &mut Report<'_>,
+    entry: &Entry,
+    section: &str,
+    key: &str,
+    example: &str,
+) -> Vec<Matcher> {
+    let Some(items) = report.array(entry, &Field::new(section, example)) else {
         return Vec::new();
     };
     let mut matchers = Vec::new();
@@ -328,10 +335,10 @@ fn read_matchers(report: &mut Report<'_>, entry: &Entry, section: &str) -> Vec<M
             report.value_error(
                 item.span.clone(),
                 format!(
-                    "wrong type in 'matchers' of {section}: expected a string, found {}",
+                    "wrong type in '{key}' of {section}: expected a string, found {}",
                     item.value.type_phrase()
                 ),
-                format!("write it like {MATCHERS_EXAMPLE}"),
+                format!("write it like {example}"),
             );
             continue;
         };

@@ -5,7 +5,9 @@
 //! environment other than `dev` it carries an empty `[env.NAME]` table so that environment
 //! exists when the output is resolved again.
 
-use crate::model::{AlertRule, DEFAULT_ENV, Receiver, Route, ServerSettings, Service, System};
+use crate::model::{
+    AlertRule, DEFAULT_ENV, InhibitRule, Receiver, Route, ServerSettings, Service, System,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -21,6 +23,8 @@ struct FileForm<'a> {
     receiver: &'a [Receiver],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     route: &'a [Route],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    inhibit: &'a [InhibitRule],
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     env: BTreeMap<&'a str, BTreeMap<String, String>>,
 }
@@ -30,6 +34,8 @@ struct SystemSection<'a> {
     name: &'a str,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     rule_files: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    builtin_inhibit: Option<bool>,
 }
 
 /// The system as a `tandem.toml` with every default written out.
@@ -38,17 +44,26 @@ pub fn render_toml(system: &System) -> String {
     if system.env != DEFAULT_ENV {
         env.insert(system.env.as_str(), BTreeMap::new());
     }
+    // The inhibit rules and their switch are kept with the monitoring settings but
+    // written as `[[inhibit]]` and `[system] builtin_inhibit`, where the file has them.
+    let monitoring = crate::model::Monitoring {
+        inhibit: Vec::new(),
+        builtin_inhibit: true,
+        ..system.monitoring.clone()
+    };
     let form = FileForm {
         system: SystemSection {
             name: &system.name,
             rule_files: &system.rule_files,
+            builtin_inhibit: (!system.monitoring.builtin_inhibit).then_some(false),
         },
         server: &system.server,
         service: &system.service,
         alert: &system.alert,
-        monitoring: &system.monitoring,
+        monitoring: &monitoring,
         receiver: &system.receiver,
         route: &system.route,
+        inhibit: &system.monitoring.inhibit,
         env,
     };
     let body = match toml::to_string(&form) {

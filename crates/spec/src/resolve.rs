@@ -27,9 +27,10 @@ const TOP_KEYS: &[&str] = &[
     "monitoring",
     "receiver",
     "route",
+    "inhibit",
     "env",
 ];
-const SYSTEM_KEYS: &[&str] = &["name", "rule_files"];
+const SYSTEM_KEYS: &[&str] = &["name", "rule_files", "builtin_inhibit"];
 const SERVER_KEYS: &[&str] = &["listen", "url"];
 const ENV_KEYS: &[&str] = &[
     "server",
@@ -39,8 +40,9 @@ const ENV_KEYS: &[&str] = &[
     "monitoring",
     "receiver",
     "route",
+    "inhibit",
 ];
-const ENV_SYSTEM_KEYS: &[&str] = &["rule_files"];
+const ENV_SYSTEM_KEYS: &[&str] = &["rule_files", "builtin_inhibit"];
 
 /// The environments a file declares: `dev` first, then every `[env.NAME]` in name order.
 /// Best effort: a file with syntax errors still lists what could be read.
@@ -292,6 +294,9 @@ fn check_shape(report: &mut Report<'_>, root: &Table, base_dir: &Path) {
     if let Some(routes) = root.get("route") {
         crate::notify::read_routes(report, routes, "[[route]]");
     }
+    if let Some(inhibits) = root.get("inhibit") {
+        crate::inhibit::read_inhibits(report, inhibits, "[[inhibit]]");
+    }
     let Some(envs_entry) = root.get("env") else {
         return;
     };
@@ -371,6 +376,13 @@ fn check_shape(report: &mut Report<'_>, root: &Table, base_dir: &Path) {
         }
         if let Some(routes) = overlay.get("route") {
             crate::notify::read_routes(report, routes, &format!("[[env.{}.route]]", env.key));
+        }
+        if let Some(inhibits) = overlay.get("inhibit") {
+            crate::inhibit::read_inhibits(
+                report,
+                inhibits,
+                &format!("[[env.{}.inhibit]]", env.key),
+            );
         }
         if let Some(monitoring) = overlay.get("monitoring") {
             crate::monitoring::read_monitoring(
@@ -479,6 +491,9 @@ fn read_system(
             );
         }
         name = Some(text.to_string());
+    }
+    if let Some(flag) = table.get("builtin_inhibit") {
+        crate::inhibit::read_builtin_inhibit(report, flag);
     }
     let rule_files = table.get("rule_files").and_then(|rule_files| {
         report
@@ -663,6 +678,24 @@ fn build(
     let overlay_notify = notify_lists(&mut report, overlay, "env.");
     let (receivers, routes) =
         crate::notify::merge_and_check(&mut report, base_notify, overlay_notify);
+    let mut inhibits = root
+        .get("inhibit")
+        .map(|e| crate::inhibit::read_inhibits(&mut report, e, "[[inhibit]]"))
+        .unwrap_or_default();
+    if let Some(e) = overlay.and_then(|overlay| overlay.get("inhibit")) {
+        inhibits.extend(crate::inhibit::read_inhibits(
+            &mut report,
+            e,
+            "[[env.inhibit]]",
+        ));
+    }
+    let builtin_inhibit = [Some(root), overlay]
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.table("system")?.get("builtin_inhibit"))
+        .filter_map(|e| crate::inhibit::read_builtin_inhibit(&mut report, e))
+        .last()
+        .unwrap_or(true);
 
     check_dependencies(&mut report, &services, &service_spans);
     check_ports(
@@ -681,7 +714,11 @@ fn build(
         service: services,
         alert: alerts.into_iter().map(|(rule, _)| rule).collect(),
         rule_files: rule_files.into_iter().map(|(pattern, _)| pattern).collect(),
-        monitoring,
+        monitoring: crate::model::Monitoring {
+            inhibit: inhibits,
+            builtin_inhibit,
+            ..monitoring
+        },
         receiver: receivers,
         route: routes,
     };
