@@ -1,6 +1,7 @@
 //! `/api/v1/rules` and `/api/v1/alerts` in Prometheus's shapes (Grafana reads them), from
-//! the rules the server runs; alerts a silence mutes say so in `silencedBy`, as
-//! Alertmanager's do.
+//! the rules the server runs; alerts a silence mutes say so in `silencedBy`, and alerts an
+//! inhibit rule mutes name the firing alerts that inhibit them (fingerprints) in
+//! `inhibitedBy`, as Alertmanager's do.
 //!
 //! Silences: the handlers of `/v1/silences` (create, list, expire; routed by `api.rs`, so
 //! they need the token on the HTTP listener like every `/v1` endpoint), and a read-only
@@ -129,6 +130,11 @@ async fn alerts(State(state): State<Arc<AppState>>) -> Response {
                 let silenced_by = state.rules.notifier.silences().muting(&alert.labels);
                 if !silenced_by.is_empty() {
                     json["silencedBy"] = json!(silenced_by);
+                }
+                // Fingerprints of the firing alerts that inhibit it, as Alertmanager's.
+                let inhibited_by = state.rules.notifier.inhibited_by(&alert.labels);
+                if !inhibited_by.is_empty() {
+                    json["inhibitedBy"] = json!(inhibited_by);
                 }
                 out.push(json);
             }

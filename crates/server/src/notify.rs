@@ -25,7 +25,8 @@
 //! flush, firing alerts an active silence matches are left out of the group's notification
 //! and remembered as muted, so that their resolution is not told either (the receiver never
 //! heard of them), and so that they count as new, and are told at the group's next flush,
-//! once the silence is over.
+//! once the silence is over. Inhibition (`inhibit.rs`: `[[inhibit]]` rules and the built-in
+//! one) mutes the same way, while a matching source alert fires in any rule group.
 //!
 //! Deliveries are retried with exponential backoff and jitter. Every notification
 //! delivered or given up is a timeline event and is counted for `/metrics`
@@ -34,6 +35,7 @@
 //! bury everything else), and failures to an Alertmanager are reported at most once a
 //! minute.
 
+mod inhibit;
 mod log;
 mod payload;
 mod silences;
@@ -46,6 +48,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Uri;
 use hyper::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
+use inhibit::Inhibitor;
 use log::{GroupLog, LoggedAlert};
 use payload::{GroupNotification, Labels, PostableAlert, label_text};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -132,6 +135,7 @@ pub(crate) struct Notifier {
     /// Where webhook receivers keep their notification logs; `None` keeps them in memory.
     log_dir: Option<PathBuf>,
     silences: Arc<Silences>,
+    inhibitor: Arc<Inhibitor>,
     /// Puts the end of each silence on the timeline when its time is up.
     silence_task: tokio::task::JoinHandle<()>,
     config: Mutex<Config>,
@@ -184,6 +188,7 @@ impl Notifier {
             counts: Arc::default(),
             log_dir,
             silences,
+            inhibitor: Arc::default(),
             silence_task,
             config: Mutex::default(),
         })
@@ -194,12 +199,19 @@ impl Notifier {
         &self.silences
     }
 
+    /// The fingerprints of the firing alerts that inhibit an alert with `labels` now (empty
+    /// when it is not inhibited), as Alertmanager's `inhibitedBy`.
+    pub(crate) fn inhibited_by(&self, labels: &Labels) -> Vec<String> {
+        self.inhibitor.inhibited_by(labels)
+    }
+
     /// Takes `system`'s receivers and routes. A receiver whose settings did not change
     /// keeps its state (groups, what was sent when); the others start from their
     /// notification log, if they have one with the same `group_by`. The logs of receivers
     /// that are gone are deleted. `external_url` is the server's HTTP address, for links in
     /// notifications.
     pub(crate) fn load(&self, system: &System, external_url: &str) {
+        self.inhibitor.load(system);
         let mut config = self.config.lock().expect("notifier lock");
         config.routes = system.route.clone();
         config.external_url = external_url.to_string();
@@ -272,6 +284,7 @@ impl Notifier {
             transport: self.transport.clone(),
             counts: self.counts.clone(),
             silences: self.silences.clone(),
+            inhibitor: self.inhibitor.clone(),
         }
     }
 
@@ -285,6 +298,11 @@ impl Notifier {
         now_ms: i64,
         interval: Duration,
     ) {
+        // Every rule group's firing alerts, whatever their routes: any of them may inhibit.
+        self.inhibitor.observe(
+            source,
+            alerts.iter().filter(|a| a.firing()).map(|a| &a.labels),
+        );
         let mut config = self.config.lock().expect("notifier lock");
         config.sources.insert(source.to_string());
         let routes = config.routes.clone();
@@ -365,6 +383,7 @@ struct Worker {
     /// The log could not be written last time (reported once until it can again).
     log_failing: AtomicBool,
     silences: Arc<Silences>,
+    inhibitor: Arc<Inhibitor>,
     state: Mutex<State>,
     wake: Notify,
 }
@@ -474,6 +493,7 @@ impl Worker {
             clock: delivery.policy.clock,
             log_failing: AtomicBool::new(false),
             silences: delivery.silences.clone(),
+            inhibitor: delivery.inhibitor.clone(),
             state: Mutex::new(state),
             wake: Notify::new(),
         };
@@ -736,7 +756,12 @@ impl Worker {
     fn take_due(&self, now: Instant) -> (Vec<Due>, Option<Instant>) {
         let wall = self.clock.now_ms();
         let silences = self.silences.active(wall);
-        let silenced = |labels: &Labels| silences.iter().any(|s| s.mutes(labels, wall));
+        let inhibition = self.inhibitor.snapshot();
+        // Muted: silenced, or inhibited by an alert firing now (Alertmanager's mute stage
+        // treats both alike).
+        let silenced = |labels: &Labels| {
+            silences.iter().any(|s| s.mutes(labels, wall)) || inhibition.inhibits(labels)
+        };
         let mut state = self.state.lock().expect("receiver lock");
         let State::Webhook { groups } = &mut *state else {
             return (Vec::new(), None);
@@ -1081,6 +1106,7 @@ struct Delivery {
     transport: Transport,
     counts: Arc<Mutex<BTreeMap<(String, &'static str), u64>>>,
     silences: Arc<Silences>,
+    inhibitor: Arc<Inhibitor>,
 }
 
 #[derive(Clone)]

@@ -1248,3 +1248,199 @@ fn bad_silences_are_refused_with_every_reason() {
     assert_eq!(ok.ends_at_ms - ok.starts_at_ms, 60_000);
     assert_eq!(ok.id.len(), 36);
 }
+
+// === inhibition ===
+
+/// Loads `receivers` again with the `[[inhibit]]` rules (and `[system]` keys) of `file`.
+fn load_inhibiting(f: &Fixture, receivers: Vec<Receiver>, file: &str) {
+    let mut system = tandem_spec::resolve("t.toml", file, Path::new("/"), "dev").unwrap();
+    system.receiver = receivers;
+    f.notifier.load(&system, "http://127.0.0.1:7300");
+}
+
+const CRASH_MUTES_WARNINGS: &str = r#"
+[[inhibit]]
+source_matchers = ["alertname=CrashLoop"]
+target_matchers = ['severity=~"warning|info"']
+equal = ["service", "env"]
+"#;
+
+/// What was sent, as `alertname/service: firing instances | resolved instances`, sorted.
+fn summaries(got: &[(String, serde_json::Value)]) -> Vec<String> {
+    let mut out: Vec<String> = got
+        .iter()
+        .map(|(_, body)| {
+            format!(
+                "{}/{}: {} | {}",
+                body["commonLabels"]["alertname"].as_str().unwrap_or("*"),
+                body["commonLabels"]["service"].as_str().unwrap_or("*"),
+                instances(body, "firing").join(","),
+                instances(body, "resolved").join(","),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inhibited_alert_is_told_only_once_its_source_resolves() {
+    let ops = webhook("ops", 10, 60, 3600);
+    let mut f = setup(vec![ops.clone()], vec![]);
+    load_inhibiting(&f, vec![ops], CRASH_MUTES_WARNINGS);
+    let crash = with_label(alert("CrashLoop", "api", "-"), "severity", "page");
+    let slow = |service: &str, instance: &str| {
+        with_label(alert("Slow", service, instance), "severity", "warning")
+    };
+    // The source comes from another rule group than its targets: inhibition looks at
+    // every firing alert.
+    f.notifier
+        .observe("crash", std::slice::from_ref(&crash), 1_000, INTERVAL);
+    f.notifier.observe(
+        "latency",
+        &[slow("api", "a"), slow("web", "b")],
+        1_000,
+        INTERVAL,
+    );
+    let got = all_within(&mut f.sent, Duration::from_secs(11)).await;
+    assert_eq!(
+        summaries(&got),
+        ["CrashLoop/api: - | ", "Slow/web: b | "],
+        "api's Slow is inhibited; web's has another service, so it is not"
+    );
+    assert_eq!(
+        f.notifier.inhibited_by(&slow("api", "a").labels),
+        [payload::fingerprint(&crash.labels)]
+    );
+    assert!(f.notifier.inhibited_by(&slow("web", "b").labels).is_empty());
+    assert!(f.notifier.inhibited_by(&crash.labels).is_empty());
+    quiet(&mut f.sent, Duration::from_secs(80)).await;
+    // The crash loop ends at 91 s; the Slow/api group, looked at every group_interval from
+    // 10 s, is told at 130 s as new, with the crash loop's resolution in its own group.
+    let start = Instant::now() - Duration::from_secs(91);
+    f.notifier
+        .observe("crash", &[resolved(crash, 91_000)], 91_000, INTERVAL);
+    let (_, first, after) = next(&mut f.sent, start).await;
+    assert_eq!(after, Duration::from_secs(130));
+    let (_, second, after) = next(&mut f.sent, start).await;
+    assert_eq!(after, Duration::from_secs(130));
+    assert_eq!(
+        summaries(&[(String::new(), first), (String::new(), second)]),
+        ["CrashLoop/api:  | -", "Slow/api: a | "]
+    );
+    assert!(f.notifier.inhibited_by(&slow("api", "a").labels).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_alert_on_both_sides_of_a_rule_does_not_inhibit_itself() {
+    let each = grouped_by(webhook("ops", 10, 60, 3600), &["..."]);
+    let mut f = setup(vec![each.clone()], vec![]);
+    load_inhibiting(
+        &f,
+        vec![each],
+        r#"
+[[inhibit]]
+source_matchers = ["severity=page"]
+target_matchers = ['alertname=~"Down|Slow"']
+equal = ["service"]
+"#,
+    );
+    let page =
+        |name: &str, service: &str| with_label(alert(name, service, "i"), "severity", "page");
+    // Down/api pages and is a target: it does not mute itself. Slow/api (a page too, so on
+    // both sides) is not muted by Down/api either, as in Alertmanager; Slow/api without
+    // severity is a target only, and is muted.
+    f.notifier.observe(
+        "g",
+        &[
+            page("Down", "api"),
+            page("Slow", "api"),
+            alert("Slow", "api", "plain"),
+            alert("Slow", "web", "plain"),
+        ],
+        1_000,
+        INTERVAL,
+    );
+    let got = all_within(&mut f.sent, Duration::from_secs(11)).await;
+    assert_eq!(
+        summaries(&got),
+        ["Down/api: i | ", "Slow/api: i | ", "Slow/web: plain | "]
+    );
+    quiet(&mut f.sent, Duration::from_secs(3000)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_builtin_inhibition_mutes_a_crash_looping_service_s_anomalies_until_switched_off() {
+    let ops = webhook("ops", 10, 60, 3600);
+    let mut f = setup(vec![ops.clone()], vec![]);
+    // No [[inhibit]] at all: the built-in rule is on by default.
+    load_inhibiting(&f, vec![ops.clone()], "");
+    let builtin = |name: &str, service: &str, severity: &str| {
+        let a = with_label(alert(name, service, "-"), "builtin", "true");
+        with_label(a, "severity", severity)
+    };
+    f.notifier.observe(
+        "tandem.builtin.crash",
+        &[
+            builtin("CrashLoop", "api", "page"),
+            builtin("RepeatedOomKills", "db", "ticket"),
+        ],
+        1_000,
+        INTERVAL,
+    );
+    f.notifier.observe(
+        "tandem.builtin.anomalies",
+        &[
+            builtin("LatencyAnomaly", "api", "ticket"),
+            builtin("ErrorRateAnomaly", "web", "ticket"),
+            // A file's own rule of the same name is not built in: not muted.
+            alert("LatencyAnomaly", "api", "mine"),
+        ],
+        1_000,
+        INTERVAL,
+    );
+    f.notifier.observe(
+        "tandem.builtin.regression",
+        &[builtin("MemoryRegression", "db", "ticket")],
+        1_000,
+        INTERVAL,
+    );
+    let got = all_within(&mut f.sent, Duration::from_secs(11)).await;
+    assert_eq!(
+        summaries(&got),
+        [
+            "CrashLoop/api: - | ",
+            "ErrorRateAnomaly/web: - | ",
+            "LatencyAnomaly/api: mine | ",
+            "RepeatedOomKills/db: - | ",
+        ]
+    );
+    quiet(&mut f.sent, Duration::from_secs(40)).await;
+    // `[system] builtin_inhibit = false`: the muted alerts are new at their groups' next
+    // look (70 s).
+    load_inhibiting(&f, vec![ops], "[system]\nbuiltin_inhibit = false\n");
+    let got = all_within(&mut f.sent, Duration::from_secs(21)).await;
+    assert_eq!(
+        summaries(&got),
+        ["LatencyAnomaly/api: -,mine | ", "MemoryRegression/db: - | "]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn alertmanager_receivers_get_inhibited_alerts_too() {
+    let am = alertmanager("am");
+    let mut f = setup(vec![am.clone()], vec![]);
+    load_inhibiting(&f, vec![am], CRASH_MUTES_WARNINGS);
+    let crash = alert("CrashLoop", "api", "-");
+    let slow = with_label(alert("Slow", "api", "a"), "severity", "warning");
+    f.notifier.observe("g", &[crash, slow], 10_000, INTERVAL);
+    let (_, body, _) = next(&mut f.sent, Instant::now()).await;
+    let mut names: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["labels"]["alertname"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["CrashLoop", "Slow"]);
+}
