@@ -1,6 +1,7 @@
 //! `tandem alerts` and its silences: the pending and firing alerts of the environment's
-//! rules (muted ones name their silence), and `silence`, `silences` and `unsilence`, which
-//! create, list and expire silences through the server's `/v1/silences` API, as
+//! rules (muted ones name their silence, inhibited ones say how many alerts inhibit them),
+//! and `silence`, `silences` and `unsilence`, which create, list and expire silences
+//! through the server's `/v1/silences` API, as
 //! Alertmanager's `amtool silence` does. The server checks every silence (matchers,
 //! comment, times) and says all that is wrong at once; here only the command line's
 //! durations and times are read.
@@ -227,18 +228,7 @@ async fn alerts(ctx: &Ctx, format: Output) -> Result<u8> {
         .iter()
         .map(|a| {
             let name = a["labels"]["alertname"].as_str().unwrap_or("").to_string();
-            let muted_by: Vec<&str> = a["silencedBy"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|id| id.as_str())
-                .map(short)
-                .collect();
-            let state = match (a["state"].as_str().unwrap_or(""), muted_by.is_empty()) {
-                ("firing", true) => red("firing"),
-                (other, true) => yellow(other),
-                (other, false) => format!("{other}, muted by {}", muted_by.join(", ")),
-            };
+            let state = state_text(a);
             let since = a["activeAt"]
                 .as_str()
                 .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
@@ -271,4 +261,50 @@ async fn alerts(ctx: &Ctx, format: Output) -> Result<u8> {
         &rows,
     );
     Ok(0)
+}
+
+/// The STATE column: the alert's state, and what mutes it (silences by the start of their
+/// id; inhibiting alerts by their number, since the API names them by fingerprint).
+fn state_text(a: &serde_json::Value) -> String {
+    let muted_by: Vec<&str> = a["silencedBy"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|id| id.as_str())
+        .map(short)
+        .collect();
+    let inhibitors = a["inhibitedBy"].as_array().map_or(0, Vec::len);
+    let mut state = match (a["state"].as_str().unwrap_or(""), muted_by.is_empty()) {
+        ("firing", true) if inhibitors == 0 => red("firing"),
+        (other, true) if inhibitors == 0 => yellow(other),
+        (other, true) => other.to_string(),
+        (other, false) => format!("{other}, muted by {}", muted_by.join(", ")),
+    };
+    if inhibitors > 0 {
+        state.push_str(&format!(
+            ", inhibited by {inhibitors} alert{}",
+            if inhibitors == 1 { "" } else { "s" }
+        ));
+    }
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::state_text;
+    use serde_json::json;
+
+    #[test]
+    fn the_state_says_what_mutes_an_alert() {
+        let id = "59dd8b13-cd09-4a29-83a0-18ee2660dd92";
+        assert_eq!(
+            state_text(&json!({"state": "firing", "inhibitedBy": ["3f6b1d1f0e1c2a4b"]})),
+            "firing, inhibited by 1 alert"
+        );
+        assert_eq!(
+            state_text(&json!({"state": "firing", "silencedBy": [id], "inhibitedBy": ["a", "b"]})),
+            "firing, muted by 59dd8b13, inhibited by 2 alerts"
+        );
+        assert!(!state_text(&json!({"state": "firing"})).contains("inhibited"));
+    }
 }
