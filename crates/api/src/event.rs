@@ -48,6 +48,9 @@ pub enum EventKind {
     SecretSet,
     /// A secret was removed from the environment's store.
     SecretRemoved,
+    /// Someone ran a one-off command with a service's environment (`tandem exec`): who,
+    /// which command, in which service; never the environment.
+    Exec,
     Note,
 }
 
@@ -85,6 +88,7 @@ impl EventKind {
             EventKind::SilenceExpired => "silence-expired",
             EventKind::SecretSet => "secret-set",
             EventKind::SecretRemoved => "secret-removed",
+            EventKind::Exec => "exec",
             EventKind::Note => "note",
         }
     }
@@ -126,6 +130,7 @@ pub const ALL_EVENT_KINDS: &[EventKind] = &[
     EventKind::SilenceExpired,
     EventKind::SecretSet,
     EventKind::SecretRemoved,
+    EventKind::Exec,
     EventKind::Note,
 ];
 

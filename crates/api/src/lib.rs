@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod deployment;
 pub mod event;
+pub mod exec;
 pub mod revision;
 pub mod secret;
 pub mod silence;
@@ -15,6 +16,7 @@ pub mod status;
 pub use apply::*;
 pub use deployment::*;
 pub use event::*;
+pub use exec::*;
 pub use revision::*;
 pub use secret::*;
 pub use silence::*;

@@ -347,6 +347,19 @@ impl Engine {
         templates
     }
 
+    /// Service `name`'s working folder and environment as an instance of `system` (the live
+    /// revision's) is started with: [`Engine::templates`], so declared `env`, the injected
+    /// variables and the current secret values, with `${VAR}` not yet interpolated and no
+    /// `PORT`. `None` when `system` has no such service. For `tandem exec`.
+    pub fn service_environment(
+        &self,
+        system: &System,
+        name: &str,
+    ) -> Option<(PathBuf, BTreeMap<String, String>)> {
+        let template = self.templates(system).remove(name)?;
+        Some((template.service.cwd.clone().into(), template.env))
+    }
+
     /// Opens (or moves) every listener `system` needs: each service's public port (on its
     /// address, over TLS when it has `tls`) and one edge listener per dependency (plain, on
     /// loopback), and gives the proxy each service's limits (its `proxy` table). Fails,

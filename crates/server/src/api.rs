@@ -46,7 +46,8 @@ pub(crate) fn router(state: Arc<AppState>, needs_token: bool) -> Router {
         .route("/v1/logs", get(logs_route))
         .route("/v1/secrets", get(list_secrets))
         .route("/v1/secrets/{name}", post(set_secret))
-        .route("/v1/secrets/{name}/remove", post(remove_secret));
+        .route("/v1/secrets/{name}/remove", post(remove_secret))
+        .route("/v1/services/{name}/exec-env", post(exec_env));
     let routes = if needs_token {
         routes.layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -572,5 +573,179 @@ async fn remove_secret(
             tracing::error!("{e}");
             error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
+    }
+}
+
+// === exec ===
+
+/// `POST /v1/services/{name}/exec-env` with `{"who", "command"}`: what `tandem exec` runs a
+/// one-off command with, the service's folder and environment in the live revision (see
+/// [`tandem_api::ExecEnv`]), whether or not it has instances. The answer holds secret
+/// values, as the instances' launch files do: it goes only to a caller of the socket (the
+/// data directory's owner) or of the HTTP listener with the token, and is never logged.
+/// A POST, not a GET: every call is put on the timeline (who, which command, which service;
+/// never the environment), so "who ran a console on prod?" has an answer.
+async fn exec_env(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Json(request): Json<tandem_api::ExecRequest>,
+) -> Response {
+    if request.command.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "no command to run");
+    }
+    let live = match state.engine.store().live(&state.env) {
+        Ok(Some(live)) => live,
+        Ok(None) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!(
+                    "no revision is live in {}, so no service has an environment yet\n  hint: `tandem up` or `tandem deploy` makes one live",
+                    state.env
+                ),
+            );
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let Some((cwd, declared)) = state.engine.service_environment(&live.system, &name) else {
+        let names: Vec<&str> = live.system.service.keys().map(String::as_str).collect();
+        let hint = match closest_name(&name, &names) {
+            Some(best) => format!(
+                "did you mean '{best}'? The services are: {}",
+                names.join(", ")
+            ),
+            None => format!("the services are: {}", names.join(", ")),
+        };
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "service '{name}' is not in the live revision ({}) of {}\n  hint: {hint}",
+                live.number, state.env
+            ),
+        );
+    };
+    // `${VAR}` in values is interpolated as at an instance's launch: from the service's own
+    // variables, then the server's environment. There is no `PORT` (this is no instance), so
+    // a value that needs one is left out and named, rather than failing the whole command.
+    let lookup = |var: &str| {
+        declared
+            .get(var)
+            .cloned()
+            .or_else(|| std::env::var(var).ok())
+    };
+    let mut env = std::collections::BTreeMap::new();
+    let mut left_out = Vec::new();
+    for (key, value) in &declared {
+        match tandem_spec::interpolate(value, &lookup) {
+            Ok(value) => {
+                env.insert(key.clone(), value);
+            }
+            Err(why) => left_out.push(format!("{key}: {why}")),
+        }
+    }
+    env.insert("TANDEM_EXEC".to_string(), "1".to_string());
+    env.insert("TANDEM_REVISION".to_string(), live.number.to_string());
+    let line = command_line(&request.command);
+    tracing::info!(
+        "{} runs a command in {name} of {} (revision {}): {line}",
+        request.who,
+        state.env,
+        live.number
+    );
+    let event = Event {
+        time_ms: now_ms(),
+        env: state.env.clone(),
+        kind: EventKind::Exec,
+        service: Some(name.clone()),
+        instance: None,
+        revision: Some(live.number),
+        who: Some(request.who.clone()),
+        message: format!("ran `{line}` in {name}"),
+    };
+    if let Err(e) = state.engine.store().add_event(&event) {
+        // Refused rather than run unrecorded: the timeline is the answer to who ran what.
+        tracing::error!("cannot record the exec on the timeline: {e}");
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    Json(tandem_api::ExecEnv {
+        service: name,
+        revision: live.number,
+        cwd: cwd.display().to_string(),
+        env,
+        left_out,
+    })
+    .into_response()
+}
+
+/// The command as one line a user could paste into a shell: words with spaces or quotes are
+/// single-quoted.
+fn command_line(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|word| {
+            let plain = !word.is_empty()
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+            if plain {
+                word.clone()
+            } else {
+                format!("'{}'", word.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The name in `names` closest to `word`, if it is close enough to be a typo: at most a
+/// third of its letters differ, counting a swap of two neighbours as one.
+fn closest_name<'n>(word: &str, names: &[&'n str]) -> Option<&'n str> {
+    // The optimal string alignment distance: Levenshtein plus adjacent transpositions.
+    fn distance(a: &str, b: &str) -> usize {
+        let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+        let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+        for (i, row) in d.iter_mut().enumerate() {
+            row[0] = i;
+        }
+        d[0] = (0..=b.len()).collect();
+        for i in 1..=a.len() {
+            for j in 1..=b.len() {
+                let cost = usize::from(a[i - 1] != b[j - 1]);
+                let mut best = (d[i - 1][j] + 1)
+                    .min(d[i][j - 1] + 1)
+                    .min(d[i - 1][j - 1] + cost);
+                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                    best = best.min(d[i - 2][j - 2] + 1);
+                }
+                d[i][j] = best;
+            }
+        }
+        d[a.len()][b.len()]
+    }
+    names
+        .iter()
+        .map(|name| (distance(word, name), *name))
+        .filter(|(d, name)| *d <= (name.chars().count() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, name)| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_line_quotes_what_a_shell_would_split() {
+        let words = ["sh", "-c", "echo $A; exit 7", "it's"].map(String::from);
+        assert_eq!(command_line(&words), "sh -c 'echo $A; exit 7' 'it'\\''s'");
+        assert_eq!(command_line(&["".to_string()]), "''");
+    }
+
+    #[test]
+    fn a_typo_of_a_service_is_suggested_and_a_stranger_is_not() {
+        let names = ["api", "web", "worker"];
+        assert_eq!(closest_name("wbe", &names), Some("web"));
+        assert_eq!(closest_name("wb", &names), Some("web"));
+        assert_eq!(closest_name("workr", &names), Some("worker"));
+        assert_eq!(closest_name("database", &names), None);
     }
 }
