@@ -216,6 +216,22 @@ pub(crate) enum Command {
         #[command(flatten)]
         target: FileArg,
     },
+    /// Run a one-off command with a service's environment in the live revision, on this
+    /// machine, attached to the terminal (a migration, a console, a script).
+    ///
+    /// The command gets the service's `cwd`, its `env`, the injected `<DEP>_URL`s and its
+    /// secrets, plus TANDEM_EXEC=1 (no PORT: it is not an instance). It replaces tandem, so
+    /// its input, output, signals and exit status are its own; 127 when it is not found.
+    /// Recorded on the timeline (who, which command, which service).
+    Exec {
+        #[command(flatten)]
+        target: FileArg,
+        /// The service whose environment the command runs with.
+        service: String,
+        /// The command and its arguments, after `--`: `tandem exec api -- python3 -i`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Applied revisions, newest first.
     History {
         #[command(flatten)]
@@ -391,6 +407,7 @@ impl Command {
             | Command::Plan { target, .. }
             | Command::Status { target, .. }
             | Command::Restart { target, .. }
+            | Command::Exec { target, .. }
             | Command::History { target, .. }
             | Command::Show { target, .. }
             | Command::Diff { target, .. }

@@ -3,6 +3,7 @@
 //! running server; `alerts` lists alerts and manages silences.
 
 mod alerts;
+mod exec;
 mod inspect;
 mod lifecycle;
 mod offline;
@@ -129,6 +130,9 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
             ..
         } => inspect::logs(&ctx, services, follow, since, tail).await,
         Command::Restart { service, .. } => inspect::restart(&ctx, &service).await,
+        Command::Exec {
+            service, command, ..
+        } => exec::run(&ctx, &service, command).await,
         Command::History { output, limit, .. } => inspect::history(&ctx, output, limit).await,
         Command::Show {
             revision, output, ..

@@ -4,6 +4,7 @@
 #![allow(unreachable_pub)]
 mod e2e {
     pub mod down;
+    pub mod exec;
     pub mod hooks;
     pub mod host;
     pub mod ports;
