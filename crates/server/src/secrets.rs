@@ -11,8 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tandem_api::{SecretInfo, now_ms};
@@ -233,24 +233,7 @@ fn info(state: &StoreFile, name: &str) -> Option<SecretInfo> {
 /// `path`, and the folder fsync'd so that the rename itself survives a crash.
 fn write_private(path: &Path, state: &StoreFile) -> io::Result<()> {
     let bytes = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
-    let tmp = path.with_extension("json.tmp");
-    // A temporary file left by a crash may have any mode: start from nothing.
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent()
-        && let Ok(dir) = std::fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    crate::files::write_atomically(path, &bytes, 0o600)
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@
 use super::payload::{Labels, Observed, fingerprint};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The format of the files; a file of another version is read as unreadable.
@@ -190,19 +189,7 @@ pub(crate) fn write(
         groups,
     };
     let bytes = serde_json::to_vec_pretty(&log).map_err(std::io::Error::other)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    // The rename itself is durable once the folder is.
-    if let Ok(folder) = std::fs::File::open(dir) {
-        let _ = folder.sync_all();
-    }
-    Ok(())
+    crate::files::write_atomically(path, &bytes, 0o600)
 }
 
 /// Removes the logs in `dir` of receivers other than `keep` (by file), and temporary files

@@ -10,7 +10,6 @@
 //! never reach the disk. Writes go to a temporary file that is synced and renamed, and the
 //! folder is synced after, so a crash leaves the old watermark or the new one.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The format of the files; any other version is read as unreadable.
@@ -82,19 +81,7 @@ pub(super) fn write(path: &Path, redacted_url: &str, acked_through_ms: i64) -> s
         acked_through_ms,
     };
     let bytes = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut out = std::fs::File::create(&tmp)?;
-    out.write_all(&bytes)?;
-    out.sync_all()?;
-    drop(out);
-    std::fs::rename(&tmp, path)?;
-    // The rename itself is durable once the folder is.
-    if let Ok(folder) = std::fs::File::open(dir) {
-        let _ = folder.sync_all();
-    }
-    Ok(())
+    crate::files::write_atomically(path, &bytes, 0o600)
 }
 
 #[cfg(test)]
