@@ -328,9 +328,17 @@ impl PortsClient {
             dir: self.dir.clone(),
             reason,
         };
-        let stream = self.connect_or_start().map_err(|e| holder(e.to_string()))?;
-        let (answer, mut fds) = request(&stream, &format!("acquire {addr}"))
-            .map_err(|e| holder(format!("its answer broke off: {e}")))?;
+        let ask = || -> Result<(String, Vec<OwnedFd>), AcquireError> {
+            let stream = self.connect_or_start().map_err(|e| holder(e.to_string()))?;
+            request(&stream, &format!("acquire {addr}"))
+                .map_err(|e| holder(format!("its answer broke off: {e}")))
+        };
+        // A holder that is just being replaced (the previous one was killed) can drop a
+        // connection it accepted; asking once more reaches the one that took over.
+        let (answer, mut fds) = match ask() {
+            Err(AcquireError::Holder { .. }) => ask()?,
+            other => other?,
+        };
         if let Some(errno) = answer.strip_prefix("err ") {
             let errno = errno.trim().parse().unwrap_or(libc::EIO);
             return Err(AcquireError::Bind(io::Error::from_raw_os_error(errno)));
