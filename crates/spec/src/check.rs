@@ -206,6 +206,56 @@ impl<'a> Report<'a> {
     }
 }
 
+/// A value that may stand alone in a label list instead of names (`group_by = ["..."]`),
+/// with the error and hint for listing it beside others.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LabelWildcard<'a> {
+    pub(crate) value: &'a str,
+    pub(crate) not_alone: &'a str,
+    pub(crate) not_alone_hint: &'a str,
+}
+
+impl Report<'_> {
+    /// A list of label names, each once (`equal`, `group_by`), or `wildcard` alone; every
+    /// problem is reported, and then `None`. `name_hint` follows an invalid name.
+    pub(crate) fn label_names(
+        &mut self,
+        entry: &Entry,
+        field: &Field<'_>,
+        name_hint: &str,
+        wildcard: Option<LabelWildcard<'_>>,
+    ) -> Option<Vec<String>> {
+        let key = &entry.key;
+        let written = self.array(entry, field)?.len();
+        let items = self.strings(entry, field)?;
+        let mut ok = items.len() == written;
+        let mut seen = std::collections::BTreeSet::new();
+        for (label, span) in &items {
+            if let Some(wildcard) = wildcard.filter(|w| w.value == *label) {
+                if written > 1 {
+                    ok = false;
+                    self.value_error(span.clone(), wildcard.not_alone, wildcard.not_alone_hint);
+                }
+            } else if !crate::alert::is_label_name(label) {
+                ok = false;
+                self.value_error(
+                    span.clone(),
+                    format!("'{label}' is not a valid label name in '{key}'"),
+                    name_hint,
+                );
+            } else if !seen.insert(*label) {
+                ok = false;
+                self.value_error(
+                    span.clone(),
+                    format!("label '{label}' is listed twice in '{key}'"),
+                    "list each label once",
+                );
+            }
+        }
+        ok.then(|| items.iter().map(|(label, _)| label.to_string()).collect())
+    }
+}
+
 /// How one entry of an array of named tables (`[[alert]]`, `[[receiver]]`) is described in
 /// its errors.
 #[derive(Clone, Copy, Debug)]

@@ -8,7 +8,6 @@
 use crate::check::{Field, Report};
 use crate::model::InhibitRule;
 use crate::node::Entry;
-use std::collections::BTreeSet;
 
 const INHIBIT_KEYS: &[&str] = &["source_matchers", "target_matchers", "equal"];
 const SOURCE_EXAMPLE: &str = "source_matchers = [\"alertname=CrashLoop\"]";
@@ -137,29 +136,12 @@ pub(crate) fn read_inhibits(
 
 /// `equal`: label names, each once. `None` when it has a problem (reported).
 fn read_equal(report: &mut Report<'_>, entry: &Entry, section: &str) -> Option<Vec<String>> {
-    let field = Field::new(section, EQUAL_EXAMPLE);
-    let written = report.array(entry, &field)?.len();
-    let items = report.strings(entry, &field)?;
-    let mut ok = items.len() == written;
-    let mut seen = BTreeSet::new();
-    for (label, span) in &items {
-        if !crate::alert::is_label_name(label) {
-            ok = false;
-            report.value_error(
-                span.clone(),
-                format!("'{label}' is not a valid label name in 'equal'"),
-                "label names are letters, digits and '_', not starting with a digit, as in equal = [\"service\", \"env\"]",
-            );
-        } else if !seen.insert(*label) {
-            ok = false;
-            report.value_error(
-                span.clone(),
-                format!("label '{label}' is listed twice in 'equal'"),
-                "list each label once",
-            );
-        }
-    }
-    ok.then(|| items.iter().map(|(label, _)| label.to_string()).collect())
+    report.label_names(
+        entry,
+        &Field::new(section, EQUAL_EXAMPLE),
+        "label names are letters, digits and '_', not starting with a digit, as in equal = [\"service\", \"env\"]",
+        None,
+    )
 }
 
 /// `[system] builtin_inhibit = false`: switches the built-in inhibition off.

@@ -11,7 +11,7 @@
 //! quoted or not, regexes anchored at both ends); [`Matcher`] parses them once, here, so a
 //! bad one is a validation error with its position and the server only ever matches.
 
-use crate::check::{Field, NamedItem, Report, offset_in_string, with_suggestion};
+use crate::check::{Field, LabelWildcard, NamedItem, Report, offset_in_string, with_suggestion};
 use crate::model::{Receiver, Route, WebhookFormat};
 use crate::node::{Entry, Node, Span};
 use crate::units::Dur;
@@ -183,38 +183,16 @@ fn read_receiver(report: &mut Report<'_>, item: &Node, section: &str) -> Option<
 /// `group_by`: label names, each once, or `["..."]` alone. `None` when it has a problem
 /// (reported).
 fn read_group_by(report: &mut Report<'_>, entry: &Entry, section: &str) -> Option<Vec<String>> {
-    let field = Field::new(section, "group_by = [\"alertname\", \"service\"]");
-    let written = report.array(entry, &field)?.len();
-    let items = report.strings(entry, &field)?;
-    let mut ok = items.len() == written;
-    let mut seen = BTreeSet::new();
-    for (label, span) in &items {
-        if *label == GROUP_BY_ALL {
-            if written > 1 {
-                ok = false;
-                report.value_error(
-                    span.clone(),
-                    "'...' in 'group_by' stands for every label and cannot be listed with others",
-                    "write group_by = [\"...\"] alone to make each alert its own group, or list the labels to group by",
-                );
-            }
-        } else if !crate::alert::is_label_name(label) {
-            ok = false;
-            report.value_error(
-                span.clone(),
-                format!("'{label}' is not a valid label name in 'group_by'"),
-                "label names are letters, digits and '_', not starting with a digit; [\"...\"] groups by every label",
-            );
-        } else if !seen.insert(*label) {
-            ok = false;
-            report.value_error(
-                span.clone(),
-                format!("label '{label}' is listed twice in 'group_by'"),
-                "list each label once",
-            );
-        }
-    }
-    ok.then(|| items.iter().map(|(label, _)| label.to_string()).collect())
+    report.label_names(
+        entry,
+        &Field::new(section, "group_by = [\"alertname\", \"service\"]"),
+        "label names are letters, digits and '_', not starting with a digit; [\"...\"] groups by every label",
+        Some(LabelWildcard {
+            value: GROUP_BY_ALL,
+            not_alone: "'...' in 'group_by' stands for every label and cannot be listed with others",
+            not_alone_hint: "write group_by = [\"...\"] alone to make each alert its own group, or list the labels to group by",
+        }),
+    )
 }
 
 /// Only `http://HOST...` or `https://HOST...`.
